@@ -1,0 +1,42 @@
+"""BN-AlexNet (METHOD.md §3 [choice, following the authors' earlier BN-AlexNet]): no groups, no biases, input 227.
+
+Full precision: conv1 and fc8. Binary (weights and input activations): conv2–conv5, fc6, fc7.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from sibnn.layers import BinaryConv2d, BinaryLinear
+from sibnn.models.common import fp_conv, init_fp_layers_
+from sibnn.models.registry import register_model
+
+
+class AlexNet(nn.Module):
+    def __init__(self, binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+        super().__init__()
+        b = dict(binarizer=binarizer, rho=rho)
+        self.features = nn.Sequential(
+            fp_conv(in_channels, 96, 11, 4), nn.BatchNorm2d(96), nn.MaxPool2d(3, 2),      # conv1 (FP)
+            BinaryConv2d(96, 256, 5, padding=2, **b), nn.BatchNorm2d(256), nn.MaxPool2d(3, 2),  # conv2
+            BinaryConv2d(256, 384, 3, padding=1, **b), nn.BatchNorm2d(384),                # conv3
+            BinaryConv2d(384, 384, 3, padding=1, **b), nn.BatchNorm2d(384),                # conv4
+            BinaryConv2d(384, 256, 3, padding=1, **b), nn.BatchNorm2d(256), nn.MaxPool2d(3, 2),  # conv5
+        )
+        # 6×6 at 227 px, where this is the identity; it only lets small test inputs reach fc6's shape.
+        self.pool = nn.AdaptiveAvgPool2d(6)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            BinaryLinear(256 * 6 * 6, 4096, **b), nn.BatchNorm1d(4096),                   # fc6
+            BinaryLinear(4096, 4096, **b), nn.BatchNorm1d(4096), nn.ReLU(),                # fc7
+            nn.Linear(4096, num_classes),                                                 # fc8 (FP)
+        )
+        init_fp_layers_(self)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+@register_model("alexnet", dataset="imagenet", input_size=227, in_channels=3, num_classes=1000,
+                description="BN-AlexNet: 5 binary layers (conv2–5, fc6–7 → 6), FP conv1/fc8 (AAAI: 50.5 %)")
+def alexnet(binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+    return AlexNet(binarizer, rho, num_classes, in_channels)

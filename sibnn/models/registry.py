@@ -1,0 +1,57 @@
+"""Model registry: ``create_model("resnet18", binarizer="sibnn", rho=0.3, num_classes=1000)`` (timm-style).
+
+Every builder takes the same keyword arguments, so a sweep over architectures and binarizers is a sweep over
+strings and the service can list what exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from sibnn.quant import BINARIZERS
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    dataset: str          # the dataset family the architecture is laid out for
+    input_size: int       # side of the square input the paper uses
+    in_channels: int
+    num_classes: int
+    description: str
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, dataset: str, input_size: int, in_channels: int, num_classes: int,
+                   description: str):
+    def wrap(builder):
+        _REGISTRY[name] = ModelInfo(name, builder, dataset, input_size, in_channels, num_classes, description)
+        return builder
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_info(arch: str) -> ModelInfo:
+    try:
+        return _REGISTRY[arch]
+    except KeyError:
+        raise ValueError(f"unknown arch {arch!r}; available: {', '.join(list_models())}") from None
+
+
+def create_model(arch: str, binarizer: str = "sibnn", rho: float = 0.3, num_classes: int | None = None,
+                 **kwargs) -> nn.Module:
+    info = model_info(arch)
+    if binarizer not in BINARIZERS:
+        raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZERS)}")
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    return info.builder(binarizer=binarizer, rho=rho,
+                        num_classes=info.num_classes if num_classes is None else num_classes, **kwargs)

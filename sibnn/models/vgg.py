@@ -1,0 +1,43 @@
+"""VGG-Variant (HWGQ's layout, METHOD.md §3 [choice]): 9 binary 3×3 convs and 2 binary FCs, input 224.
+
+Full precision: conv1 (96@7×7/2) and the last FC.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from sibnn.layers import BinaryConv2d, BinaryLinear
+from sibnn.models.common import fp_conv, init_fp_layers_
+from sibnn.models.registry import register_model
+
+
+class VGGVariant(nn.Module):
+    def __init__(self, binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+        super().__init__()
+        b = dict(binarizer=binarizer, rho=rho)
+        layers: list[nn.Module] = [fp_conv(in_channels, 96, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
+                                   nn.BatchNorm2d(96)]
+        channels = 96
+        for width in (256, 512, 512):
+            for _ in range(3):
+                layers += [BinaryConv2d(channels, width, 3, padding=1, **b), nn.BatchNorm2d(width)]
+                channels = width
+            layers += [nn.MaxPool2d(2, 2), nn.BatchNorm2d(width)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(7)  # identity at 224 px (7×7×512)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            BinaryLinear(512 * 7 * 7, 4096, **b), nn.BatchNorm1d(4096),
+            BinaryLinear(4096, 4096, **b), nn.BatchNorm1d(4096), nn.ReLU(),
+            nn.Linear(4096, num_classes),  # FP
+        )
+        init_fp_layers_(self)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+@register_model("vgg_variant", dataset="imagenet", input_size=224, in_channels=3, num_classes=1000,
+                description="HWGQ VGG-Variant: 9 binary convs + 2 binary FCs, FP conv1/last FC (AAAI: 63.2 %)")
+def vgg_variant(binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+    return VGGVariant(binarizer, rho, num_classes, in_channels)

@@ -1,0 +1,110 @@
+"""Binarizers: Si-BNN's {0, +1} activations, the sign-BNN baseline, and α·sign(W) weights (METHOD.md §1–§2).
+
+Every binarizer is written as a straight-through "detach trick" on plain tensor ops, not a custom autograd
+Function and never by swapping ``weight.data``: the forward value is the binary code, the backward is the gradient
+of a masked identity. That keeps DDP, AMP (bf16) and ``torch.compile`` working unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (C,) or (1,) parameter over dimension 1 of an (N, C) or (N, C, H, W) input."""
+    if x.dim() == 2:
+        return p.view(1, -1)
+    if x.dim() == 4:
+        return p.view(1, -1, 1, 1)
+    raise ValueError(f"binarizer input must be (N, C) or (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def si_binarize(x: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor, rho: float) -> torch.Tensor:
+    """METHOD.md §1. With y = (x − θ)·s: forward b = 1[y ≥ 0] (exactly 0 or 1);
+    backward ∂L/∂y = ∂L/∂b on the open window −ρ < y < 1, zero elsewhere.
+
+    ``y - y.detach()`` is exactly zero in value, so the output is exactly ``b``; its gradient is the window mask.
+    Autograd through y = (x − θ)·s then gives the three gradients of §1 (x: s·g, θ: −s·Σg, s: Σ(x − θ)·g).
+    """
+    y = (x - _per_channel(theta, x)) * _per_channel(scale, x)
+    b = (y >= 0).to(y.dtype)
+    window = ((y > -rho) & (y < 1)).to(y.dtype)
+    return b + (y - y.detach()) * window
+
+
+def sign_binarize(x: torch.Tensor) -> torch.Tensor:
+    """The sign-BNN baseline: forward sign(x) ∈ {−1, +1} with 0 → +1; backward hardtanh STE (1 where |x| ≤ 1)."""
+    b = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    window = (x.abs() <= 1).to(x.dtype)
+    return b + (x - x.detach()) * window
+
+
+def binarize_weight(w: torch.Tensor) -> torch.Tensor:
+    """METHOD.md §2: W_b = α_o · sign(W), α_o = mean |W| over output channel o's filter (a row for linear layers).
+
+    The latent weight is read clamped to [−1, 1] (the engine also clamps it after each optimiser step, see
+    ``clamp_latent_weights_``), and the gradient reaches it straight through sign, masked where |W| > 1.
+    α carries no gradient [choice: as in the authors' ReActNet-lineage script, α is a detached statistic].
+    sign(0) is +1, like the activations.
+    """
+    wc = w.clamp(-1.0, 1.0)
+    dims = tuple(range(1, w.dim()))
+    alpha = wc.detach().abs().mean(dim=dims, keepdim=True)
+    wb = alpha * torch.where(wc.detach() >= 0, 1.0, -1.0).to(w.dtype)
+    inside = (w.detach().abs() <= 1).to(w.dtype)
+    return wb + (w - w.detach()) * inside
+
+
+class SiBinarize(nn.Module):
+    """Si-BNN activation binarizer: {0, +1} output, trainable per-channel threshold θ and inverse window s = 1/Δ.
+
+    ``per_layer=True`` is the ablation with one θ and one s shared by the whole layer.
+    """
+
+    def __init__(self, channels: int, rho: float = 0.3, per_layer: bool = False):
+        super().__init__()
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        n = 1 if per_layer else channels
+        self.channels = channels
+        self.rho = float(rho)
+        self.per_layer = per_layer
+        self.theta = nn.Parameter(torch.zeros(n))
+        self.scale = nn.Parameter(torch.ones(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.per_layer and x.shape[1] != self.channels:
+            raise ValueError(f"SiBinarize({self.channels}) got {x.shape[1]} channels")
+        return si_binarize(x, self.theta, self.scale, self.rho)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """Δ = 1/s, the window width in input units."""
+        return 1.0 / self.scale.detach()
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, rho={self.rho}" + (", per_layer=True" if self.per_layer else "")
+
+
+class SignBinarize(nn.Module):
+    """sign-BNN activation binarizer ("BNN" in the paper's tables)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_binarize(x)
+
+
+BINARIZERS = ("sibnn", "sign", "fp", "sibnn_layer")
+
+
+def make_activation(binarizer: str, channels: int, rho: float = 0.3) -> nn.Module:
+    """The input activation of a binary layer for each binarizer choice: Si-BNN, its per-layer ablation, sign, or
+    ReLU for the full-precision baseline — interchangeable so tables compare like with like (METHOD.md §1)."""
+    if binarizer == "sibnn":
+        return SiBinarize(channels, rho)
+    if binarizer == "sibnn_layer":
+        return SiBinarize(channels, rho, per_layer=True)
+    if binarizer == "sign":
+        return SignBinarize()
+    if binarizer == "fp":
+        return nn.ReLU()
+    raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZERS)}")
