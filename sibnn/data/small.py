@@ -1,0 +1,230 @@
+"""Small datasets held whole as tensors on the training device, augmented there and sharded by rank.
+
+digits (scikit-learn's 8×8 handwritten digits, shipped with the package: no download), MNIST (the standard idx
+files, gz or raw, from a local folder) and CIFAR-10 (the standard python batches from a local folder). At these
+sizes a tensor on the device beats any file loader.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be read: the message names the path and what is missing."""
+
+
+@dataclass
+class SmallDataset:
+    name: str
+    x_train: torch.Tensor  # float32, normalised, (N, C, H, W)
+    y_train: torch.Tensor  # int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+
+SMALL_DATASETS = ("digits", "mnist", "cifar10")
+
+
+def load_small_dataset(name: str, root: str | Path | None = None) -> SmallDataset:
+    if name == "digits":
+        return _load_digits()
+    if name == "mnist":
+        return _load_mnist(_need_root(name, root))
+    if name == "cifar10":
+        return _load_cifar10(_need_root(name, root))
+    raise DatasetError(f"unknown small dataset {name!r}; choose one of {', '.join(SMALL_DATASETS)}")
+
+
+def _need_root(name: str, root) -> Path:
+    if root is None:
+        raise DatasetError(f"dataset {name!r} needs a data root (--data-root DIR) holding its standard files")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset {name!r}: data root {root} does not exist or is not a directory")
+    return root
+
+
+def _load_digits() -> SmallDataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0   # (1797, 1, 8, 8) in [0, 1]
+    y = torch.tensor(d.target, dtype=torch.int64)
+    # A fixed, stratified 80/20 split: the same test set for every run and every seed.
+    g = torch.Generator().manual_seed(0)
+    test_idx = []
+    for c in range(10):
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        test_idx.append(idx[: round(0.2 * len(idx))])
+    test_mask = torch.zeros(len(y), dtype=torch.bool)
+    test_mask[torch.cat(test_idx)] = True
+    x = (x - 0.3) / 0.4  # roughly zero-mean, unit-variance pixels
+    return SmallDataset("digits", x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], 10)
+
+
+_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for cand in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        for sub in ("", "raw", "MNIST/raw"):
+            p = root / sub / cand
+            if p.is_file():
+                return p
+    raise DatasetError(f"MNIST: {stem}[.gz] not found under {root} (expected the standard idx files)")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise DatasetError(f"MNIST: {path} is truncated")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DatasetError(f"MNIST: {path} is not an unsigned-byte idx file")
+    shape = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(shape):
+        raise DatasetError(f"MNIST: {path} holds {body.size} values, its header says {shape}")
+    return body.reshape(shape)
+
+
+def _load_mnist(root: Path) -> SmallDataset:
+    arrays = {k: _read_idx(_find_idx(root, v)) for k, v in _MNIST_FILES.items()}
+
+    def images(a):
+        return ((torch.tensor(a, dtype=torch.float32) / 255.0 - 0.1307) / 0.3081).unsqueeze(1)
+
+    return SmallDataset("mnist", images(arrays["train_images"]), torch.tensor(arrays["train_labels"], dtype=torch.int64),
+                        images(arrays["test_images"]), torch.tensor(arrays["test_labels"], dtype=torch.int64), 10)
+
+
+_CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+_CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+
+
+def _load_cifar10(root: Path) -> SmallDataset:
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (base / n).is_file()]
+    if missing:
+        raise DatasetError(f"CIFAR-10: {', '.join(missing)} not found under {base} "
+                           "(expected the standard python batches, cifar-10-batches-py)")
+    parts = {}
+    for n in names:
+        with open(base / n, "rb") as f:
+            try:
+                d = pickle.load(f, encoding="bytes")
+            except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+                raise DatasetError(f"CIFAR-10: {base / n} is not a python batch file ({e})") from e
+        parts[n] = (np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"]))
+
+    def images(a):
+        return (torch.tensor(a, dtype=torch.float32) / 255.0 - _CIFAR_MEAN) / _CIFAR_STD
+
+    xtr = np.concatenate([parts[n][0] for n in names[:5]])
+    ytr = np.concatenate([parts[n][1] for n in names[:5]])
+    return SmallDataset("cifar10", images(xtr), torch.tensor(ytr, dtype=torch.int64),
+                        images(parts["test_batch"][0]), torch.tensor(parts["test_batch"][1], dtype=torch.int64), 10)
+
+
+def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Pad-4 random crop + horizontal flip, on the device, for a whole batch at once."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dev = x.device
+    oy = torch.randint(0, 9, (n,), generator=generator).to(dev)
+    ox = torch.randint(0, 9, (n,), generator=generator).to(dev)
+    rows = (oy.view(n, 1) + torch.arange(h, device=dev).view(1, h))               # (n, h)
+    cols = (ox.view(n, 1) + torch.arange(w, device=dev).view(1, w))               # (n, w)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+    idx_n = torch.arange(n, device=dev).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class TensorLoader:
+    """Batches of an in-memory dataset, sharded by rank: ``(images, labels)`` per step, ``len()`` = batches per epoch.
+
+    Every rank gets the same number of batches (the index list is padded by wrapping, as DALI's
+    ``pad_last_batch`` and DistributedSampler do); the union of the shards covers every sample each epoch. The
+    order depends on (seed, epoch) only, so every rank draws the same permutation and takes its own stride.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+                 shard_id: int = 0, num_shards: int = 1, seed: int = 0, augment=None,
+                 device: str | torch.device = "cpu", drop_last: bool = False, pad: bool = True):
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id {shard_id} out of range for {num_shards} shards")
+        if batch_size < 1:
+            raise ValueError("batch_size must be ≥ 1")
+        self.device = torch.device(device)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
+        self.drop_last, self.pad = drop_last, pad
+        self.epoch = 0
+        # pad=False (evaluation): shards differ by at most one sample and nothing is counted twice.
+        n = len(self.x)
+        self.samples_per_shard = math.ceil(n / num_shards) if pad else len(range(shard_id, n, num_shards))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return max(1, self.samples_per_shard // self.batch_size)
+        return math.ceil(self.samples_per_shard / self.batch_size)
+
+    def shard_indices(self) -> torch.Tensor:
+        n = len(self.x)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        total = math.ceil(n / self.num_shards) * self.num_shards
+        if self.pad and total > n:  # pad by wrapping so every shard has the same length
+            order = torch.cat([order, order[: total - n]])
+        return order[self.shard_id::self.num_shards]
+
+    def __iter__(self):
+        idx = self.shard_indices().to(self.device)
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch * 31 + self.shard_id)
+        for i in range(len(self)):
+            b = idx[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[b]
+            if self.augment is not None:
+                xb = self.augment(xb, g)
+            yield xb, self.y[b]
+
+
+def small_loaders(ds: SmallDataset, batch_size: int, *, shard_id: int = 0, num_shards: int = 1, seed: int = 0,
+                  device="cpu", eval_batch_size: int | None = None) -> tuple[TensorLoader, TensorLoader]:
+    """Train loader (shuffled, augmented for CIFAR-10, padded to equal shards) and test loader for one rank
+    (unpadded, so a sum over ranks counts every test sample exactly once)."""
+    augment = cifar_augment if ds.name == "cifar10" else None
+    train = TensorLoader(ds.x_train, ds.y_train, batch_size, shuffle=True, shard_id=shard_id,
+                         num_shards=num_shards, seed=seed, augment=augment, device=device)
+    test = TensorLoader(ds.x_test, ds.y_test, eval_batch_size or max(batch_size, 256), shard_id=shard_id,
+                        num_shards=num_shards, device=device, pad=False)
+    return train, test

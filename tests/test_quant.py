@@ -1,0 +1,160 @@
+"""SiBinarize, SignBinarize and the weight binarizer against METHOD.md §1–§2, computed by hand here."""
+import pytest
+import torch
+
+from sibnn.quant import SiBinarize, SignBinarize, binarize_weight, make_activation
+
+
+def _channel_view(p, x):
+    return p.view(1, -1) if x.dim() == 2 else p.view(1, -1, 1, 1)
+
+
+def _expected_si(x, theta, scale, rho, grad_out):
+    """Reference forward and gradients written from METHOD.md §1's definitions, elementwise, without autograd."""
+    t, s = _channel_view(theta, x), _channel_view(scale, x)
+    y = (x - t) * s
+    out = (y >= 0).float()
+    inside = ((y > -rho) & (y < 1)).float()
+    g = grad_out * inside                      # ∂L/∂y
+    dims = [0] + list(range(2, x.dim()))
+    gx = s * g
+    gtheta = -(s * g).sum(dim=dims)
+    gscale = ((x - t) * g).sum(dim=dims)
+    return out, gx, gtheta, gscale
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.1, 0.3, 0.75, 1.0])
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 6, 5)])
+def test_si_binarize_forward_and_three_gradients_match_method(rho, shape):
+    g = torch.Generator().manual_seed(int(rho * 100) + len(shape))
+    x = (torch.randn(shape, generator=g) * 1.5).requires_grad_()
+    c = shape[1]
+    b = SiBinarize(c, rho)
+    with torch.no_grad():
+        b.theta.copy_(torch.randn(c, generator=g) * 0.3)
+        b.scale.copy_(torch.rand(c, generator=g) + 0.5)
+    grad_out = torch.randn(shape, generator=g)
+    out = b(x)
+    out.backward(grad_out)
+    exp_out, exp_gx, exp_gt, exp_gs = _expected_si(x.detach(), b.theta.detach(), b.scale.detach(), rho, grad_out)
+    assert torch.equal(out, exp_out)
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(x.grad, exp_gx)
+    torch.testing.assert_close(b.theta.grad, exp_gt)
+    torch.testing.assert_close(b.scale.grad, exp_gs)
+
+
+def test_si_binarize_window_is_open_at_both_ends_and_ties_go_to_one():
+    b = SiBinarize(1, rho=0.5)  # θ = 0, s = 1, so y = x
+    x = torch.tensor([[-0.5], [-0.4999], [0.0], [0.9999], [1.0], [-2.0], [3.0]], requires_grad=True)
+    out = b(x)
+    out.sum().backward()
+    assert out.flatten().tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    # gradient 1·s inside −ρ < y < 1 only: the edges −ρ and 1 themselves pass nothing
+    assert x.grad.flatten().tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_si_binarize_window_scales_with_delta_in_input_units():
+    # s = 2 (Δ = 0.5), θ = 1, ρ = 0.3: the window in input units is (θ − ρΔ, θ + Δ) = (0.85, 1.5)
+    b = SiBinarize(1, rho=0.3)
+    with torch.no_grad():
+        b.theta.fill_(1.0)
+        b.scale.fill_(2.0)
+    x = torch.tensor([[0.84], [0.86], [1.49], [1.51]], requires_grad=True)
+    b(x).sum().backward()
+    assert x.grad.flatten().tolist() == [0.0, 2.0, 2.0, 0.0]
+    torch.testing.assert_close(b.delta, torch.tensor([0.5]))
+
+
+def test_per_layer_variant_has_one_theta_and_one_scale_shared_by_all_channels():
+    b = SiBinarize(6, rho=0.3, per_layer=True)
+    assert b.theta.shape == (1,) and b.scale.shape == (1,)
+    x = torch.randn(4, 6, 3, 3, requires_grad=True)
+    out = b(x)
+    exp_out, exp_gx, exp_gt, exp_gs = _expected_si(x.detach(), b.theta.detach(), b.scale.detach(), 0.3,
+                                                   torch.ones_like(x))
+    out.sum().backward()
+    assert torch.equal(out, exp_out)
+    torch.testing.assert_close(b.theta.grad, exp_gt.sum().view(1))
+    torch.testing.assert_close(b.scale.grad, exp_gs.sum().view(1))
+
+
+def test_si_binarize_parameters_start_at_theta_zero_and_delta_one():
+    b = SiBinarize(3)
+    assert b.theta.tolist() == [0.0, 0.0, 0.0] and b.scale.tolist() == [1.0, 1.0, 1.0] and b.rho == 0.3
+
+
+def test_si_binarize_rejects_rho_outside_unit_interval_and_wrong_rank():
+    with pytest.raises(ValueError, match="rho"):
+        SiBinarize(3, rho=1.5)
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        SiBinarize(3)(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="channels"):
+        SiBinarize(3)(torch.zeros(2, 4))
+
+
+def test_si_binarize_output_is_exactly_binary_in_bf16():
+    b = SiBinarize(8)
+    x = torch.randn(16, 8, dtype=torch.bfloat16)
+    out = b(x)
+    assert out.dtype == torch.bfloat16
+    assert set(out.unique().float().tolist()) <= {0.0, 1.0}
+
+
+def test_sign_binarize_maps_zero_to_plus_one_with_closed_hardtanh_window():
+    x = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.5, 1.0, 1.5], requires_grad=True)
+    out = SignBinarize()(x.view(1, -1))
+    out.sum().backward()
+    assert out.flatten().tolist() == [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_weight_binarizer_is_alpha_sign_per_output_channel():
+    w = torch.tensor([[0.5, -0.25, 0.0, -1.0], [2.0, 0.1, -0.1, -0.3]], requires_grad=True)
+    wb = binarize_weight(w)
+    # α over the latent weight read in [−1, 1]: row 0 → (0.5+0.25+0+1)/4, row 1 → (1+0.1+0.1+0.3)/4
+    a0, a1 = 1.75 / 4, 1.5 / 4
+    expected = torch.tensor([[a0, -a0, a0, -a0], [a1, a1, -a1, -a1]])
+    torch.testing.assert_close(wb, expected)
+    wb.backward(torch.full_like(wb, 3.0))
+    # straight through sign, masked where |W| > 1
+    assert w.grad.tolist() == [[3.0, 3.0, 3.0, 3.0], [0.0, 3.0, 3.0, 3.0]]
+
+
+def test_weight_binarizer_alpha_is_per_output_channel_for_conv_filters():
+    w = torch.randn(5, 3, 3, 3).clamp(-1, 1)
+    wb = binarize_weight(w)
+    alpha = w.abs().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(wb.abs(), alpha.view(5, 1, 1, 1).expand_as(wb))
+    assert torch.equal(torch.sign(wb), torch.where(w >= 0, 1.0, -1.0))
+
+
+def test_weight_binarizer_leaves_latent_weight_untouched():
+    w = torch.nn.Parameter(torch.randn(4, 4) * 2)
+    before = w.detach().clone()
+    binarize_weight(w).sum().backward()
+    assert torch.equal(w.detach(), before)
+
+
+def test_make_activation_gives_each_binarizer_and_rejects_unknown():
+    assert isinstance(make_activation("sibnn", 4), SiBinarize)
+    assert make_activation("sibnn_layer", 4).per_layer
+    assert isinstance(make_activation("sign", 4), SignBinarize)
+    assert isinstance(make_activation("fp", 4), torch.nn.ReLU)
+    with pytest.raises(ValueError, match="unknown binarizer 'xnor'"):
+        make_activation("xnor", 4)
+
+
+def test_si_binarize_works_under_torch_compile():
+    b = SiBinarize(4, rho=0.3)
+    x = torch.randn(8, 4, 5, 5, requires_grad=True)
+    eager = b(x)
+    eager.sum().backward()
+    g_eager = (x.grad.clone(), b.theta.grad.clone(), b.scale.grad.clone())
+    x.grad = None
+    b.zero_grad()
+    compiled = torch.compile(b, backend="aot_eager")(x)
+    compiled.sum().backward()
+    assert torch.equal(compiled, eager)
+    for a, e in zip((x.grad, b.theta.grad, b.scale.grad), g_eager):
+        torch.testing.assert_close(a, e)

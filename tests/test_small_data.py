@@ -1,0 +1,147 @@
+"""Small datasets: readers for the standard MNIST and CIFAR-10 files, clear errors, sharded in-memory loaders."""
+import gzip
+import math
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from sibnn.data import DatasetError, TensorLoader, load_small_dataset, small_loaders
+from sibnn.data.small import cifar_augment
+
+
+def _write_idx(path, array, gz):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_mnist(root, n_train=20, n_test=10, gz=True):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 256, (n, 28, 28))
+        _write_idx(root / f"{prefix}-images-idx3-ubyte", images, gz)
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, gz)
+    return root
+
+
+def make_cifar(root, per_batch=8):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+             b"labels": list(rng.integers(0, 10, per_batch))}
+        with open(base / name, "wb") as f:
+            pickle.dump(d, f)
+    return root
+
+
+def test_digits_loads_from_scikit_learn_with_fixed_stratified_split():
+    a, b = load_small_dataset("digits"), load_small_dataset("digits")
+    assert a.x_train.shape[1:] == (1, 8, 8) and len(a.x_train) + len(a.x_test) == 1797
+    assert 350 <= len(a.x_test) <= 370
+    assert torch.equal(a.y_test, b.y_test), "the split does not depend on the run"
+    assert torch.bincount(a.y_test, minlength=10).min() >= 30, "every class is in the test set"
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_reads_standard_idx_files_gz_or_raw(tmp_path, gz):
+    make_mnist(tmp_path, gz=gz)
+    ds = load_small_dataset("mnist", tmp_path)
+    assert ds.x_train.shape == (20, 1, 28, 28) and ds.x_test.shape == (10, 1, 28, 28)
+    assert ds.y_train.tolist() == [i % 10 for i in range(20)]
+    assert ds.x_train.dtype == torch.float32
+
+
+def test_mnist_missing_files_name_the_file_and_folder(tmp_path):
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\[\.gz\] not found under"):
+        load_small_dataset("mnist", tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_small_dataset("mnist", tmp_path / "nope")
+    with pytest.raises(DatasetError, match="needs a data root"):
+        load_small_dataset("mnist", None)
+
+
+def test_mnist_truncated_file_is_reported(tmp_path):
+    make_mnist(tmp_path, gz=False)
+    p = tmp_path / "t10k-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(DatasetError, match="holds .* values, its header says"):
+        load_small_dataset("mnist", tmp_path)
+
+
+def test_cifar10_reads_python_batches_and_normalises(tmp_path):
+    make_cifar(tmp_path)
+    ds = load_small_dataset("cifar10", tmp_path)
+    assert ds.x_train.shape == (40, 3, 32, 32) and ds.x_test.shape == (8, 3, 32, 32)
+    assert abs(ds.x_train.mean().item()) < 0.5
+
+
+def test_cifar10_missing_batches_are_listed(tmp_path):
+    make_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DatasetError, match="data_batch_3 not found"):
+        load_small_dataset("cifar10", tmp_path)
+
+
+def test_shards_cover_every_sample_once_with_equal_batch_counts():
+    n = 103
+    x = torch.arange(n, dtype=torch.float32).view(n, 1)
+    y = torch.arange(n)
+    seen, lengths = [], []
+    for rank in range(4):
+        loader = TensorLoader(x, y, 8, shuffle=True, shard_id=rank, num_shards=4, seed=3)
+        loader.set_epoch(2)
+        batches = list(loader)
+        lengths.append((len(loader), len(batches)))
+        seen += torch.cat([b for _, b in batches]).tolist()
+    assert len({a for a, _ in lengths}) == 1 and all(a == b for a, b in lengths)
+    assert set(seen) == set(range(n)), "the union of the shards is the dataset"
+    assert len(seen) == 4 * 26 and len(seen) - len(set(seen)) == 1, "one wrapped sample pads the last shard"
+
+
+def test_unpadded_eval_shards_count_every_sample_exactly_once():
+    n = 103
+    y = torch.arange(n)
+    seen = []
+    for rank in range(4):
+        loader = TensorLoader(y.float().view(n, 1), y, 10, shard_id=rank, num_shards=4, pad=False)
+        seen += torch.cat([b for _, b in loader]).tolist()
+    assert sorted(seen) == list(range(n))
+
+
+def test_same_seed_and_epoch_give_the_same_order_and_epochs_differ():
+    x, y = torch.zeros(50, 1), torch.arange(50)
+    a = TensorLoader(x, y, 10, shuffle=True, seed=1)
+    b = TensorLoader(x, y, 10, shuffle=True, seed=1)
+    order = lambda ld: torch.cat([t for _, t in ld]).tolist()  # noqa: E731
+    assert order(a) == order(b)
+    a.set_epoch(1)
+    assert order(a) != order(b)
+
+
+def test_cifar_augment_is_a_shifted_crop_or_its_mirror():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    out = cifar_augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(2):
+        ok = any(torch.equal(out[i], padded[i, :, oy:oy + 32, ox:ox + 32]) or
+                 torch.equal(out[i], padded[i, :, oy:oy + 32, ox:ox + 32].flip(-1))
+                 for oy in range(9) for ox in range(9))
+        assert ok
+
+
+def test_small_loaders_shard_train_and_augment_only_cifar(tmp_path):
+    ds = load_small_dataset("digits")
+    train, test = small_loaders(ds, 32, shard_id=1, num_shards=2)
+    assert train.augment is None and train.shuffle and not test.shuffle and not test.pad
+    assert len(train) == math.ceil(math.ceil(len(ds.x_train) / 2) / 32)
