@@ -1,0 +1,67 @@
+"""Ready-made experiment specs: the paper's experiments and the embedded digits default.
+
+``preset(name, root=...)`` returns a validated ExperimentSpec; ``PRESETS`` lists what exists. ImageNet presets need
+``root`` (the folder prepared by ``python -m sibnn.data.prepare``); their resources assume one 8-GPU box and are
+meant to be edited.
+"""
+from __future__ import annotations
+
+from jobs.spec import ExperimentSpec, parse_spec
+
+_IMAGENET_RES = {"workers_per_trial": 8, "gpus_per_worker": 1, "cpus_per_worker": 8}
+
+PRESETS: dict[str, dict] = {
+    "digits": {
+        "name": "digits Si-BNN vs sign vs FP",
+        "description": "Embedded default: scikit-learn's 8×8 digits, Si-BNN at several ρ next to sign-BNN and FP.",
+        "dataset": {"kind": "digits"},
+        "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn", "sign", "fp"], "rho": [0.0, 0.3, 1.0],
+                 "seed": [0, 1]},
+        "recipe": {"name": "aaai", "epochs": 8, "batch_size": 64},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5},
+    },
+    "mnist-table": {
+        "name": "MNIST MLP table",
+        "dataset": {"kind": "mnist", "root": None},
+        "grid": {"arch": ["mlp"], "binarizer": ["sibnn", "sign", "fp"], "rho": [0.3], "seed": [0, 1, 2]},
+        "recipe": {"name": "aaai", "epochs": 100, "batch_size": 100},
+        "resources": {"workers_per_trial": 1, "gpus_per_worker": 1, "cpus_per_worker": 4},
+    },
+    "cifar10-table": {
+        "name": "CIFAR-10 VGG-small table",
+        "dataset": {"kind": "cifar10", "root": None},
+        "grid": {"arch": ["vgg_small"], "binarizer": ["sibnn", "sign", "fp"], "rho": [0.3], "seed": [0, 1, 2]},
+        "recipe": {"name": "aaai", "epochs": 200, "batch_size": 100},
+        "resources": {"workers_per_trial": 1, "gpus_per_worker": 1, "cpus_per_worker": 4},
+    },
+    "imagenet-alexnet-rho": {
+        "name": "AlexNet rho ablation (AAAI Table 2)",
+        "dataset": {"kind": "imagenet", "root": None, "policy": "paper"},
+        "grid": {"arch": ["alexnet"], "binarizer": ["sibnn"], "rho": [0.0, 0.1, 0.3, 0.5, 0.75, 1.0], "seed": [0]},
+        "recipe": {"name": "aaai", "epochs": 100, "batch_size": 256, "amp": True, "channels_last": True},
+        "resources": _IMAGENET_RES,
+    },
+    "imagenet-paper-comparison": {
+        "name": "ResNet-18 / AlexNet / VGG: Si-BNN vs sign vs FP",
+        "dataset": {"kind": "imagenet", "root": None, "policy": "paper"},
+        "grid": {"arch": ["resnet18", "alexnet", "vgg_variant"], "binarizer": ["sibnn", "sign", "fp"],
+                 "rho": [0.3], "seed": [0]},
+        "recipe": {"name": "aaai", "epochs": 100, "batch_size": 256, "amp": True, "channels_last": True},
+        "resources": _IMAGENET_RES,
+    },
+}
+
+
+def preset(name: str, root: str | None = None, **overrides) -> ExperimentSpec:
+    """The preset as a validated spec; ``root`` fills dataset.root, ``overrides`` replace top-level sections' keys
+    (e.g. ``recipe={"epochs": 2}``)."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}") from None
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    if root is not None:
+        data["dataset"]["root"] = root
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    return parse_spec(data)

@@ -1,0 +1,170 @@
+"""MLflow layout shared by the jobs (which write it) and the service (which reads it).
+
+One MLflow experiment per service experiment, named ``sibnn-<experiment id>``; in it one parent run for the sweep
+(tag ``sibnn.role = parent``) and one child run per trial (``sibnn.role = trial``, ``sibnn.trial_id``,
+``mlflow.parentRunId``). Every run is found by its tags before one is created, so a restarted driver or a
+resubmitted job resumes the same runs and never duplicates them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from jobs.spec import ExperimentSpec, TrialSpec
+
+TAG_EXPERIMENT = "sibnn.experiment_id"
+TAG_ROLE = "sibnn.role"
+TAG_TRIAL = "sibnn.trial_id"
+TAG_SPEC_FINGERPRINT = "sibnn.spec_fingerprint"
+TAG_BEST_CHECKPOINT = "sibnn.best_checkpoint"
+TAG_STATE = "sibnn.trial_state"  # PENDING | RUNNING | FINISHED | FAILED | KILLED, mirrored from the run status
+PARENT_TAG = "mlflow.parentRunId"
+
+# Per-epoch metrics of a trial run (step = epoch); per-layer sparsity is logged as "sparsity/<layer>".
+EPOCH_METRICS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "sparsity_mean",
+                 "theta_mean", "delta_mean", "images_per_s", "epoch_seconds")
+# Written once at the end of a trial.
+FINAL_METRICS = ("best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5", "wall_time_s",
+                 "packed_bytes", "fp32_bytes")
+
+
+def experiment_name(experiment_id: str) -> str:
+    return f"sibnn-{experiment_id}"
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RuntimeError("MLFLOW_TRACKING_URI is not set: point it at the MLflow tracking server")
+    return uri
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def ensure_experiment(c: MlflowClient, experiment_id: str) -> str:
+    """The MLflow experiment id for a service experiment, created on first use."""
+    name = experiment_name(experiment_id)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, tags={TAG_EXPERIMENT: experiment_id})
+    except Exception:  # noqa: BLE001 - created concurrently by the service or another driver: use theirs
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _find_runs(c: MlflowClient, mlflow_exp_id: str, filter_string: str):
+    return c.search_runs([mlflow_exp_id], filter_string=filter_string, max_results=1000,
+                         order_by=["attributes.start_time ASC"])
+
+
+def ensure_parent_run(c: MlflowClient, experiment_id: str, spec: ExperimentSpec) -> str:
+    mlflow_exp_id = ensure_experiment(c, experiment_id)
+    runs = _find_runs(c, mlflow_exp_id, f"tags.`{TAG_ROLE}` = 'parent'")
+    if runs:
+        return runs[0].info.run_id
+    run = c.create_run(mlflow_exp_id, run_name=spec.name,
+                       tags={TAG_EXPERIMENT: experiment_id, TAG_ROLE: "parent",
+                             TAG_SPEC_FINGERPRINT: spec.fingerprint(), "mlflow.note.content": spec.description})
+    c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in _flatten_spec(spec).items()])
+    return run.info.run_id
+
+
+def ensure_trial_run(c: MlflowClient, experiment_id: str, parent_run_id: str, spec: ExperimentSpec,
+                     trial: TrialSpec) -> str:
+    mlflow_exp_id = ensure_experiment(c, experiment_id)
+    runs = _find_runs(c, mlflow_exp_id, f"tags.`{TAG_TRIAL}` = '{trial.trial_id}'")
+    if runs:
+        return runs[0].info.run_id
+    run = c.create_run(mlflow_exp_id, run_name=trial.trial_id,
+                       tags={TAG_EXPERIMENT: experiment_id, TAG_ROLE: "trial", TAG_TRIAL: trial.trial_id,
+                             PARENT_TAG: parent_run_id, TAG_STATE: "PENDING"})
+    params = {**trial.params(), **{k: v for k, v in _flatten_spec(spec).items() if not k.startswith("grid.")}}
+    c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def _flatten_spec(spec: ExperimentSpec) -> dict:
+    d = spec.model_dump(mode="json")
+    out = {"name": d["name"], "spec_version": d["spec_version"]}
+    for section in ("dataset", "grid", "recipe", "resources"):
+        for k, v in d[section].items():
+            out[f"{section}.{k}"] = v
+    return out
+
+
+def log_epoch(c: MlflowClient, run_id: str, epoch: int, metrics: dict) -> None:
+    """One epoch's metrics at step = epoch (non-finite values are skipped: MLflow rejects them)."""
+    ts = int(time.time() * 1000)
+    flat = {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
+    for layer, value in (metrics.get("sparsity") or {}).items():
+        flat[f"sparsity/{layer}"] = value
+    batch = [Metric(k, float(v), ts, epoch) for k, v in flat.items()
+             if isinstance(v, (int, float)) and math.isfinite(v)]
+    for i in range(0, len(batch), 900):  # log_batch takes at most 1000 metrics
+        c.log_batch(run_id, metrics=batch[i:i + 900])
+
+
+def logged_epochs(c: MlflowClient, run_id: str) -> set[int]:
+    return {m.step for m in c.get_metric_history(run_id, "val_top1")}
+
+
+def set_trial_state(c: MlflowClient, run_id: str, state: str) -> None:
+    """Mirror a trial's state in a tag and, for terminal states, end the MLflow run with that status."""
+    c.set_tag(run_id, TAG_STATE, state)
+    if state in ("FINISHED", "FAILED", "KILLED"):
+        c.set_terminated(run_id, status=state)
+    elif state == "RUNNING":
+        c.update_run(run_id, status="RUNNING")
+
+
+def trial_runs(c: MlflowClient, experiment_id: str) -> list:
+    exp = c.get_experiment_by_name(experiment_name(experiment_id))
+    if exp is None:
+        return []
+    return _find_runs(c, exp.experiment_id, f"tags.`{TAG_ROLE}` = 'trial'")
+
+
+def parent_run(c: MlflowClient, experiment_id: str):
+    exp = c.get_experiment_by_name(experiment_name(experiment_id))
+    if exp is None:
+        return None
+    runs = _find_runs(c, exp.experiment_id, f"tags.`{TAG_ROLE}` = 'parent'")
+    return runs[0] if runs else None
+
+
+def _param_float(v):
+    return None if v in (None, "None", "") else float(v)
+
+
+def result_row(run) -> dict:
+    """One results-table row (DESIGN.md "Results table") from a trial run."""
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    return {
+        "trial_id": t.get(TAG_TRIAL), "arch": p.get("arch"), "binarizer": p.get("binarizer"),
+        "rho": _param_float(p.get("rho")), "seed": int(p["seed"]) if "seed" in p else None,
+        "state": t.get(TAG_STATE, run.info.status), "epochs": int(m.get("epoch", 0)),
+        "final_top1": m.get("final_val_top1", m.get("val_top1")), "final_top5": m.get("final_val_top5", m.get("val_top5")),
+        "best_top1": m.get("best_val_top1"), "best_top5": m.get("best_val_top5"),
+        "sparsity": m.get("sparsity_mean"), "theta_mean": m.get("theta_mean"), "delta_mean": m.get("delta_mean"),
+        "wall_time_s": m.get("wall_time_s"), "images_per_s": m.get("images_per_s"),
+        "packed_bytes": m.get("packed_bytes"), "run_id": run.info.run_id,
+        "best_checkpoint": t.get(TAG_BEST_CHECKPOINT),
+    }
+
+
+def results(c: MlflowClient, experiment_id: str) -> list[dict]:
+    return sorted((result_row(r) for r in trial_runs(c, experiment_id)),
+                  key=lambda r: (r["arch"] or "", r["binarizer"] or "", r["rho"] if r["rho"] is not None else -1,
+                                 r["seed"] or 0))
