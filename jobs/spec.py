@@ -29,6 +29,7 @@ class DatasetSpec(_Strict):
                              description="folder with the dataset (not for digits; synthetic: made if absent)")
     format: Literal["folder", "webdataset"] = "folder"
     policy: Literal["paper", "rrc"] = "paper"
+    image_size: int | None = Field(None, ge=16, le=1024, description="crop size; default the arch's (224, 227)")
     # synthetic ImageNet-format JPEGs, generated once per root when the folder does not exist yet
     synthetic_classes: int = Field(4, ge=2, le=1000)
     synthetic_per_class: int = Field(8, ge=1, le=10_000)

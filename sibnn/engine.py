@@ -95,7 +95,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: b
     of the full validation set; the loaders must not count a sample twice (unpadded shards)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss·n, correct@1, correct@5, n
-    with SparsityMeter(model) as meter:
+    with SparsityMeter(unwrap(model)) as meter:  # layer names without DDP's "module." prefix
         for x, y in loader:
             x, y = _prepare(x, y, device, channels_last)
             with _autocast(device, amp):
@@ -198,7 +198,7 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, *, device: t
         metrics["epoch"] = epoch + 1
         state.epoch = epoch + 1
         state.best_top1 = max(state.best_top1, metrics["val_top1"])
-        state.history.append({k: v for k, v in metrics.items() if k != "sparsity"})
+        state.history.append(dict(metrics))
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics, state)
     return state

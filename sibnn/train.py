@@ -26,14 +26,14 @@ DEFAULT_BATCH = {"digits": 64, "mnist": 100, "cifar10": 100, "imagenet": 256}
 
 def build_loaders(dataset: str, data_root, batch_size: int, *, arch: str, device: torch.device, seed: int,
                   shard_id: int = 0, num_shards: int = 1, fmt: str = "folder", policy: str = "paper",
-                  amp: bool = False, channels_last: bool = False):
+                  amp: bool = False, channels_last: bool = False, image_size: int | None = None):
     """Train and validation loaders for one rank; returns (train, val, num_classes, input_shape)."""
     if dataset == "imagenet":
         from sibnn.data import ImageNetLoader
 
         if data_root is None:
             raise DatasetError("dataset 'imagenet' needs a data root (--data-root DIR with train/ and val/)")
-        size = model_info(arch).input_size
+        size = image_size or model_info(arch).input_size
         common = dict(shard_id=shard_id, num_shards=num_shards, device=str(device), policy=policy,
                       image_size=size, fmt=fmt, seed=seed, channels_last=channels_last,
                       dtype=torch.bfloat16 if amp else torch.float32)
@@ -61,6 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default=None, help="folder with the dataset's standard files (not for digits)")
     p.add_argument("--format", default="folder", choices=["folder", "webdataset"], help="ImageNet storage format")
     p.add_argument("--policy", default="paper", choices=["paper", "rrc"], help="ImageNet augmentation policy")
+    p.add_argument("--image-size", type=int, default=None, help="ImageNet crop size (default: the arch's, 224/227)")
     p.add_argument("--arch", default=None, help="model name (see --list-models); default: the dataset's usual one")
     p.add_argument("--binarizer", default="sibnn", choices=BINARIZERS)
     p.add_argument("--rho", type=float, default=0.3)
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
         seed_everything(args.seed)
         train, val, num_classes, input_shape = build_loaders(
             args.dataset, args.data_root, recipe.batch_size, arch=arch, device=device, seed=args.seed,
-            fmt=args.format, policy=args.policy, amp=args.amp, channels_last=args.channels_last)
+            fmt=args.format, policy=args.policy, amp=args.amp, channels_last=args.channels_last,
+            image_size=args.image_size)
     except (DatasetError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,69 @@
+"""What a run was made with: code commit, library versions, device, seed and a fingerprint of the data."""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return os.environ.get("SIBNN_GIT_COMMIT", "unknown")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def library_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "ray": _version("ray"),
+            "mlflow": _version("mlflow"), "nvidia-dali": _version("nvidia-dali-cuda130"),
+            "sibnn-repro": _version("sibnn-repro")}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def data_fingerprint(kind: str, root: str | None) -> str:
+    """sha256 over the dataset's file names and sizes (ImageNet-format, MNIST, CIFAR) or its arrays (digits).
+    Cheap enough to run once per job: no file is read, only listed."""
+    h = hashlib.sha256(kind.encode())
+    if kind == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        h.update(d.images.tobytes())
+        h.update(d.target.tobytes())
+        return h.hexdigest()[:16]
+    base = Path(root)
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(base)}\0{path.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def manifest(device: torch.device, seed: int, data_fp: str) -> dict[str, str]:
+    return {"git_commit": git_commit(), **{f"version.{k}": v for k, v in library_versions().items()},
+            "device": device_name(device), "seed": str(seed), "data_fingerprint": data_fp}

@@ -1,0 +1,85 @@
+"""End-of-sweep artifacts on the parent run: the results table (CSV), accuracy vs ρ per architecture (the shape of
+the AAAI paper's Table 2, with sign and FP as reference lines) and the training curves of every trial."""
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers or CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from jobs import tracking  # noqa: E402
+
+CSV_COLUMNS = ("trial_id", "arch", "binarizer", "rho", "seed", "state", "epochs", "final_top1", "final_top5",
+               "best_top1", "best_top5", "sparsity", "theta_mean", "delta_mean", "wall_time_s", "images_per_s",
+               "packed_bytes", "run_id", "best_checkpoint")
+
+
+def results_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def rho_plot(rows: list[dict], path: Path) -> None:
+    by_arch: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["final_top1"] is None:
+            continue
+        key = ("sibnn", r["rho"]) if r["binarizer"] == "sibnn" else (r["binarizer"], None)
+        by_arch[r["arch"]][key].append(r["final_top1"])
+    archs = sorted(by_arch)
+    fig, axes = plt.subplots(1, max(1, len(archs)), figsize=(5 * max(1, len(archs)), 4), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        pts = sorted((k[1], v) for k, v in by_arch[arch].items() if k[0] == "sibnn")
+        if pts:
+            xs = [p[0] for p in pts]
+            means = [statistics.mean(p[1]) for p in pts]
+            errs = [statistics.pstdev(p[1]) for p in pts]
+            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label="Si-BNN")
+        for (b, _), v in by_arch[arch].items():
+            if b != "sibnn":
+                ax.axhline(statistics.mean(v), linestyle="--", color={"sign": "tab:red", "fp": "tab:green"}.get(
+                    b, "tab:gray"), label=f"{b} ({statistics.mean(v):.1f})")
+        ax.set(title=f"{arch}: top-1 vs ρ", xlabel="ρ", ylabel="final top-1 (%)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_plot(client, rows: list[dict], path: Path) -> None:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        for ax, key in ((a1, "val_top1"), (a2, "train_loss")):
+            hist = sorted((m.step, m.value) for m in client.get_metric_history(r["run_id"], key))
+            if hist:
+                ax.plot([h[0] for h in hist], [h[1] for h in hist], label=r["trial_id"])
+    a1.set(title="validation top-1", xlabel="epoch", ylabel="%")
+    a2.set(title="training loss", xlabel="epoch")
+    if len(rows) <= 12:
+        a1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def log_sweep_report(client, parent_run_id: str, experiment_id: str, spec, rows: list[dict]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d)
+        (out / "results.csv").write_text(results_csv(rows))
+        rho_plot(rows, out / "accuracy_vs_rho.png")
+        curves_plot(client, rows, out / "training_curves.png")
+        for name in ("results.csv", "accuracy_vs_rho.png", "training_curves.png"):
+            client.log_artifact(parent_run_id, str(out / name))
+    client.set_tag(parent_run_id, "sibnn.trials_total", str(len(spec.trials())))
+    client.set_tag(parent_run_id, "sibnn.trials_reported", str(len(rows)))
+    client.set_tag(parent_run_id, tracking.TAG_EXPERIMENT, experiment_id)

@@ -1,0 +1,152 @@
+"""Run an experiment spec as a Ray job: ``python -m jobs.run --spec spec.json --experiment-id ID``.
+
+The service submits exactly this command. The spec is validated before Ray is touched (exit 2, the offending
+fields named). Ray: ``RAY_ADDRESS`` when set (a job entrypoint always has it), otherwise a local Ray is started.
+MLflow: ``--mlflow-uri`` or ``MLFLOW_TRACKING_URI``. Checkpoints and Tune state: ``--storage-path`` or
+``SIBNN_STORAGE_PATH`` (a path every node sees). Running it again with the same experiment id resumes.
+SIGTERM (``ray job stop``) marks the MLflow runs KILLED and exits; checkpoints already written stay.
+Exit status: 0 all trials succeeded, 1 some failed, 2 bad input, 143 cancelled.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from jobs.presets import PRESETS, preset
+from jobs.spec import ExperimentSpec, SpecError, parse_spec
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 143
+EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+class InputError(Exception):
+    """Bad input a user can fix: printed as one line, exit status 2."""
+
+
+def load_spec(args) -> ExperimentSpec:
+    if args.preset:
+        return preset(args.preset, root=args.root)
+    if args.spec_json:
+        return parse_spec(args.spec_json)
+    if args.spec_b64:
+        return parse_spec(base64.b64decode(args.spec_b64).decode())
+    path = Path(args.spec)
+    if not path.is_file():
+        raise InputError(f"spec file {path} not found")
+    return parse_spec(path.read_text())
+
+
+def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
+    """The data root every worker reads; synthetic ImageNet-format data is generated once when absent."""
+    ds = spec.dataset
+    if ds.kind == "digits":
+        return None
+    if ds.kind == "synthetic":
+        root = Path(ds.root) if ds.root else storage_path / "datasets" / (
+            f"synthetic-{ds.synthetic_classes}x{ds.synthetic_per_class}")
+        if not (root / "train").is_dir():
+            from sibnn.data.synthetic import write_synthetic_imagenet
+
+            write_synthetic_imagenet(root, ds.synthetic_classes, ds.synthetic_per_class,
+                                     webdataset=ds.format == "webdataset")
+        return str(root / "wds") if ds.format == "webdataset" else str(root)
+    root = Path(ds.root)
+    if not root.is_dir():
+        raise InputError(f"dataset.root {root} does not exist or is not a directory (on the machine running the job)")
+    return str(root)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m jobs.run", description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--spec", help="path of a spec JSON file")
+    src.add_argument("--spec-json", help="the spec as JSON text")
+    src.add_argument("--spec-b64", help="the spec as base64-encoded JSON (safe in any shell)")
+    src.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--root", help="dataset root for --preset")
+    p.add_argument("--experiment-id", required=True)
+    p.add_argument("--storage-path", default=os.environ.get("SIBNN_STORAGE_PATH"))
+    p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    p.add_argument("--ray-temp-dir", default=None, help="temp dir for a local Ray started by this command")
+    return p.parse_args(argv)
+
+
+def _install_sigterm(mlflow_uri: str, experiment_id: str, local_ray: bool) -> None:
+    def on_sigterm(signum, frame):
+        # Ray's stop_job sends SIGTERM, then SIGKILL a few seconds later: mark the runs, then go.
+        try:
+            from jobs import tracking
+
+            c = tracking.client(mlflow_uri)
+            parent = tracking.parent_run(c, experiment_id)
+            for run in tracking.trial_runs(c, experiment_id):
+                if run.info.status in ("RUNNING", "SCHEDULED"):
+                    tracking.set_trial_state(c, run.info.run_id, "KILLED")
+            if parent is not None:
+                tracking.set_trial_state(c, parent.info.run_id, "KILLED")
+            print(f"cancelled: MLflow runs of experiment {experiment_id} marked KILLED; checkpoints kept",
+                  flush=True)
+            if local_ray:  # a Ray this process started must not outlive it
+                import ray
+
+                ray.shutdown()
+        finally:
+            os._exit(EXIT_CANCELLED)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if not EXPERIMENT_ID.fullmatch(args.experiment_id):
+            raise InputError("experiment id must be 1–64 letters, digits, '_' or '-', starting with a letter or digit")
+        spec = load_spec(args)
+        storage = Path(args.storage_path or Path.home() / "sibnn-runs").expanduser().resolve()
+        storage.mkdir(parents=True, exist_ok=True)
+        mlflow_uri = args.mlflow_uri or f"sqlite:///{storage / 'mlflow.db'}"
+        data_root = prepare_dataset(spec, storage)
+    except SpecError as e:
+        print("invalid spec:", file=sys.stderr)
+        for loc, msg in e.errors:
+            print(f"  {loc}: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    import ray
+
+    from jobs.manifest import data_fingerprint
+    from jobs.sweep import run_sweep
+
+    address = os.environ.get("RAY_ADDRESS")
+    init_kw = {"address": address} if address else {"include_dashboard": False}
+    if not address and args.ray_temp_dir:
+        init_kw["_temp_dir"] = args.ray_temp_dir
+    ray.init(**init_kw, log_to_driver=True)
+    # After ray.init: Ray's core worker installs its own SIGTERM handler, which would abort without cleanup.
+    _install_sigterm(mlflow_uri, args.experiment_id, local_ray=not address)
+    trials = spec.trials()
+    print(f"experiment {args.experiment_id}: {len(trials)} trials on {ray.cluster_resources()} "
+          f"(storage {storage}, MLflow {mlflow_uri})", flush=True)
+    outcome = run_sweep(spec, args.experiment_id, storage_path=str(storage), mlflow_uri=mlflow_uri,
+                        data_root=data_root, data_fingerprint=data_fingerprint(spec.dataset.kind, data_root))
+    print(f"{'trial':<36}{'state':<10}{'top-1':>8}{'best':>8}{'sparsity':>10}")
+    for r in outcome.rows:
+        fmt = lambda v, f: format(v, f) if v is not None else "–"  # noqa: E731
+        print(f"{r['trial_id']:<36}{r['state']:<10}{fmt(r['final_top1'], '8.2f')}{fmt(r['best_top1'], '8.2f')}"
+              f"{fmt(r['sparsity'], '10.3f')}")
+    if outcome.failed:
+        print(f"failed trials: {', '.join(outcome.failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

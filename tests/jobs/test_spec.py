@@ -1,0 +1,78 @@
+"""The experiment spec: validation names the field, expansion into trials, presets."""
+import pytest
+
+from jobs.presets import PRESETS, preset
+from jobs.spec import SpecError, parse_spec, trial_id
+
+BASE = {"name": "t", "dataset": {"kind": "digits"},
+        "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn", "sign", "fp"], "rho": [0.0, 0.3], "seed": [0, 1]}}
+
+
+def _errors(data):
+    with pytest.raises(SpecError) as e:
+        parse_spec(data)
+    return dict(e.value.errors)
+
+
+def test_rho_only_varies_for_sibnn_binarizers():
+    trials = parse_spec(BASE).trials()
+    assert len(trials) == 2 * 2 + 1 * 2 + 1 * 2
+    assert {t.rho for t in trials if t.binarizer == "sign"} == {None}
+    assert sorted(t.trial_id for t in trials if t.binarizer == "sibnn") == [
+        "digits_cnn-sibnn-rho0-s0", "digits_cnn-sibnn-rho0-s1", "digits_cnn-sibnn-rho0.3-s0",
+        "digits_cnn-sibnn-rho0.3-s1"]
+    assert len({t.trial_id for t in trials}) == len(trials)
+
+
+def test_trial_ids_are_stable_across_parses():
+    assert [t.trial_id for t in parse_spec(BASE).trials()] == [t.trial_id for t in parse_spec(BASE).trials()]
+    assert trial_id("alexnet", "fp", None, 3) == "alexnet-fp-s3"
+
+
+@pytest.mark.parametrize("patch,field,text", [
+    ({"grid": {**BASE["grid"], "arch": ["resnet19"]}}, "grid.arch", "unknown arch 'resnet19'"),
+    ({"grid": {**BASE["grid"], "rho": [1.5]}}, "grid.rho", "rho must be in [0, 1]"),
+    ({"grid": {**BASE["grid"], "binarizer": ["xnor"]}}, "grid.binarizer.0", "Input should be"),
+    ({"grid": {**BASE["grid"], "seed": [1, 1]}}, "grid.seed", "unique"),
+    ({"dataset": {"kind": "imagenet"}}, "dataset.root", "required for dataset kind 'imagenet'"),
+    ({"dataset": {"kind": "digits", "root": "/x"}}, "dataset.root", "must be empty"),
+    ({"dataset": {"kind": "cifar10", "root": "/x", "format": "webdataset"}}, "dataset.format", "ImageNet-format"),
+    ({"recipe": {"epochs": 0}}, "recipe.epochs", "greater than or equal to 1"),
+    ({"recipe": {"milestones": [0.8, 0.4]}}, "recipe.milestones", "increasing"),
+    ({"resources": {"gpus_per_worker": 1.5}}, "resources.gpus_per_worker", "whole number"),
+    ({"recipe": {"batch_size": 2}, "resources": {"workers_per_trial": 4}}, "spec", "batch_size"),
+    ({"surprise": 1}, "surprise", "Extra inputs are not permitted"),
+    ({"name": "   "}, "name", "not blank"),
+])
+def test_invalid_values_are_rejected_with_the_field_named(patch, field, text):
+    errors = _errors({**BASE, **patch})
+    assert field in errors, errors
+    assert text in errors[field]
+
+
+def test_spec_parses_from_json_text_and_fingerprint_is_content_based():
+    import json
+
+    a = parse_spec(json.dumps(BASE))
+    b = parse_spec(BASE)
+    assert a == b and a.fingerprint() == b.fingerprint()
+    c = parse_spec({**BASE, "recipe": {"epochs": 3}})
+    assert c.fingerprint() != a.fingerprint()
+
+
+def test_every_preset_validates_and_digits_compares_rho_sign_and_fp():
+    for name in PRESETS:
+        spec = preset(name, root=None if name == "digits" else "/data/x")
+        assert spec.trials()
+    digits = preset("digits")
+    kinds = {(t.binarizer, t.rho) for t in digits.trials()}
+    assert {("sibnn", 0.0), ("sibnn", 0.3), ("sibnn", 1.0), ("sign", None), ("fp", None)} == kinds
+    ablation = preset("imagenet-alexnet-rho", root="/data/imagenet")
+    assert sorted(t.rho for t in ablation.trials()) == [0.0, 0.1, 0.3, 0.5, 0.75, 1.0]
+
+
+def test_preset_without_its_dataset_root_names_the_field():
+    with pytest.raises(SpecError, match="dataset.root"):
+        preset("imagenet-alexnet-rho")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("imagenet-everything")

@@ -1,0 +1,190 @@
+"""Sweeps on a real local Ray (CPU, gloo) recording into a real MLflow server (SQLite backend)."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from jobs import tracking
+from jobs.run import main as run_main
+from jobs.spec import parse_spec
+from jobs.sweep import max_concurrent_trials, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(**over):
+    base = {"name": "test", "dataset": {"kind": "digits"},
+            "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn"], "rho": [0.3], "seed": [0]},
+            "recipe": {"epochs": 2, "batch_size": 64},
+            "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5}}
+    for k, v in over.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) else v
+    return parse_spec(base)
+
+
+def test_invalid_spec_is_rejected_before_ray_starts(capsys, tmp_path):
+    import ray
+
+    assert not ray.is_initialized()
+    rc = run_main(["--spec-json", '{"name": "x", "dataset": {"kind": "imagenet"}, "grid": {"arch": ["vgg"], '
+                   '"binarizer": ["sibnn"]}}', "--experiment-id", "bad", "--storage-path", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "dataset.root: required for dataset kind 'imagenet'" in err and "grid.arch: unknown arch 'vgg'" in err
+    assert not ray.is_initialized(), "nothing ran"
+    assert run_main(["--preset", "digits", "--experiment-id", "has space", "--storage-path", str(tmp_path)]) == 2
+
+
+def test_missing_dataset_root_is_a_clear_error_before_ray_starts(capsys, tmp_path):
+    rc = run_main(["--preset", "mnist-table", "--root", str(tmp_path / "nope"), "--experiment-id", "m1",
+                   "--storage-path", str(tmp_path)])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_concurrency_follows_the_cluster(tmp_path):
+    spec = _spec(grid={"seed": [0, 1, 2, 3, 4, 5]})
+    assert max_concurrent_trials(spec, {"CPU": 2.0}) == 3          # 0.5 CPU per worker + a sliver per driver
+    gpu = _spec(resources={"workers_per_trial": 2, "gpus_per_worker": 1}, grid={"seed": [0, 1, 2, 3, 4]})
+    assert max_concurrent_trials(gpu, {"CPU": 64.0, "GPU": 8.0}) == 4
+    assert max_concurrent_trials(gpu, {"CPU": 64.0, "GPU": 1.0}) == 1
+
+
+def test_grid_on_digits_yields_child_runs_under_one_parent(local_ray, mlflow_uri, tmp_path):
+    spec = _spec(grid={"binarizer": ["sibnn", "sign"], "seed": [0, 1]})
+    out = run_sweep(spec, "grid2x2", storage_path=str(tmp_path), mlflow_uri=mlflow_uri, data_root=None,
+                    data_fingerprint="test")
+    assert out.failed == []
+    c = tracking.client(mlflow_uri)
+    runs = tracking.trial_runs(c, "grid2x2")
+    assert len(runs) == 4
+    assert {r.data.tags[tracking.PARENT_TAG] for r in runs} == {out.parent_run_id}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    rows = {r["trial_id"]: r for r in out.rows}
+    assert set(rows) == {t.trial_id for t in spec.trials()}
+    for r in rows.values():
+        assert r["epochs"] == 2 and 0 < r["final_top1"] <= 100 and r["best_top1"] >= r["final_top1"]
+    assert rows["digits_cnn-sign-s0"]["sparsity"] == 0.0, "sign codes are never zero"
+    assert 0.0 < rows["digits_cnn-sibnn-rho0.3-s0"]["sparsity"] < 1.0
+    parent = c.get_run(out.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in c.list_artifacts(out.parent_run_id)}
+    assert {"results.csv", "accuracy_vs_rho.png", "training_curves.png"} <= artifacts
+    csv_text = open(c.download_artifacts(out.parent_run_id, "results.csv", str(tmp_path))).read()
+    assert csv_text.count("\n") == 5 and "digits_cnn-sibnn-rho0.3-s1" in csv_text
+    # a driver restarted with the same experiment id resumes: finished trials are not run again
+    again = run_sweep(spec, "grid2x2", storage_path=str(tmp_path), mlflow_uri=mlflow_uri, data_root=None,
+                      data_fingerprint="test")
+    assert again.parent_run_id == out.parent_run_id
+    assert len(tracking.trial_runs(c, "grid2x2")) == 4
+    assert all(len(c.get_metric_history(r.info.run_id, "val_top1")) == 2 for r in runs)
+
+
+def test_two_worker_ddp_trial_on_synthetic_jpegs_through_dali(local_ray, mlflow_uri, tmp_path):
+    from sibnn.data.synthetic import write_synthetic_imagenet
+
+    root = tmp_path / "synth"
+    write_synthetic_imagenet(root, 4, 6, val_per_class=3)
+    spec = _spec(dataset={"kind": "synthetic", "root": str(root), "policy": "rrc", "image_size": 32},
+                 grid={"arch": ["resnet18"]}, recipe={"epochs": 2, "batch_size": 8},
+                 resources={"workers_per_trial": 2, "cpus_per_worker": 0.5})
+    out = run_sweep(spec, "ddp2", storage_path=str(tmp_path / "store"), mlflow_uri=mlflow_uri,
+                    data_root=str(root), data_fingerprint="synthfp")
+    assert out.failed == []
+    c = tracking.client(mlflow_uri)
+    (run,) = tracking.trial_runs(c, "ddp2")
+    top1 = c.get_metric_history(run.info.run_id, "val_top1")
+    assert sorted(m.step for m in top1) == [1, 2]
+    samples = c.get_metric_history(run.info.run_id, "val_loss")
+    assert len(samples) == 2
+    tags = run.data.tags
+    assert tags["sibnn.manifest.data_fingerprint"] == "synthfp"
+    assert tags["sibnn.manifest.version.torch"].startswith("2.13.0")
+    assert tags["sibnn.manifest.seed"] == "0" and tags["sibnn.manifest.device"].startswith("cpu")
+    assert len(tags["sibnn.manifest.git_commit"]) >= 7
+    assert run.data.params["arch"] == "resnet18" and run.data.params["resources.workers_per_trial"] == "2"
+    layers = [k for k in run.data.metrics if k.startswith("sparsity/")]
+    assert len(layers) == 16 and not any("module." in k for k in layers)
+    assert run.data.metrics["packed_bytes"] < run.data.metrics["fp32_bytes"]
+    assert os.path.isdir(tags[tracking.TAG_BEST_CHECKPOINT])
+
+
+def test_killed_worker_resumes_from_last_checkpoint_without_missing_epochs(local_ray, mlflow_uri, tmp_path):
+    from ray.util.state import list_actors
+
+    epochs = 8
+    spec = _spec(recipe={"epochs": epochs, "batch_size": 16},
+                 resources={"workers_per_trial": 2, "cpus_per_worker": 0.5})
+    c = tracking.client(mlflow_uri)
+    killed = {}
+
+    def kill_a_worker_mid_run():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            runs = tracking.trial_runs(c, "fault")
+            if runs and len(tracking.logged_epochs(c, runs[0].info.run_id)) >= 2:
+                workers = list_actors(address=local_ray.address_info["address"],  # ours, not another cluster
+                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                if workers:
+                    pid = workers[-1].pid
+                    killed["epochs_logged"] = len(tracking.logged_epochs(c, runs[0].info.run_id))
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"] = pid
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
+    killer.start()
+    out = run_sweep(spec, "fault", storage_path=str(tmp_path), mlflow_uri=mlflow_uri, data_root=None,
+                    data_fingerprint="test")
+    killer.join(5)
+    assert "pid" in killed, "the drill killed a worker"
+    assert killed["epochs_logged"] < epochs, "the worker died before the trial finished"
+    assert out.failed == []
+    runs = tracking.trial_runs(c, "fault")
+    assert len(runs) == 1, "one MLflow run, resumed, not a second one"
+    steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "val_top1")]
+    assert sorted(steps) == list(range(1, epochs + 1)), "every epoch exactly once"
+    assert runs[0].info.status == "FINISHED"
+
+
+def test_sigterm_cancels_cleanly_marks_runs_killed_and_keeps_checkpoints(mlflow_uri, tmp_path):
+    """``ray job stop`` sends SIGTERM to the entrypoint: the job marks its MLflow runs KILLED and exits 143."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.servers import stop_process_group
+
+    spec = _spec(recipe={"epochs": 30, "batch_size": 16})
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.run", "--spec-json", json.dumps(spec.model_dump()),
+                             "--experiment-id", "cancelme", "--storage-path", str(tmp_path / "store"),
+                             "--mlflow-uri", mlflow_uri, "--ray-temp-dir", ray_tmp],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    c = tracking.client(mlflow_uri)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            runs = tracking.trial_runs(c, "cancelme")
+            if runs and tracking.logged_epochs(c, runs[0].info.run_id):
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("the job logged no epoch in time")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 143
+        output = proc.stdout.read().decode()
+    finally:
+        stop_process_group(proc)
+    assert "marked KILLED" in output
+    (run,) = tracking.trial_runs(c, "cancelme")
+    assert run.info.status == "KILLED" and run.data.tags[tracking.TAG_STATE] == "KILLED"
+    assert tracking.parent_run(c, "cancelme").info.status == "KILLED"
+    ckpts = list((tmp_path / "store").glob("cancelme-*/checkpoint_*"))
+    assert ckpts, "the last checkpoint survives cancellation"
