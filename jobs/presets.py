@@ -38,7 +38,8 @@ PRESETS: dict[str, dict] = {
         "name": "AlexNet rho ablation (AAAI Table 2)",
         "dataset": {"kind": "imagenet", "root": None, "policy": "paper"},
         "grid": {"arch": ["alexnet"], "binarizer": ["sibnn"], "rho": [0.0, 0.1, 0.3, 0.5, 0.75, 1.0], "seed": [0]},
-        "recipe": {"name": "aaai", "epochs": 100, "batch_size": 256, "amp": True, "channels_last": True},
+        "recipe": {"name": "aaai", "epochs": 100, "batch_size": 256, "amp": True, "channels_last": True,
+                   "compile": True},
         "resources": _IMAGENET_RES,
     },
     "imagenet-paper-comparison": {
@@ -46,7 +47,8 @@ PRESETS: dict[str, dict] = {
         "dataset": {"kind": "imagenet", "root": None, "policy": "paper"},
         "grid": {"arch": ["resnet18", "alexnet", "vgg_variant"], "binarizer": ["sibnn", "sign", "fp"],
                  "rho": [0.3], "seed": [0]},
-        "recipe": {"name": "aaai", "epochs": 100, "batch_size": 256, "amp": True, "channels_last": True},
+        "recipe": {"name": "aaai", "epochs": 100, "batch_size": 256, "amp": True, "channels_last": True,
+                   "compile": True},
         "resources": _IMAGENET_RES,
     },
 }

@@ -103,6 +103,7 @@ class RecipeSpec(_Strict):
     milestones: list[float] | None = Field(None, description="fractions of the epochs where the aaai lr ÷10")
     amp: bool = Field(False, description="bf16 autocast (GPU workers)")
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model on GPU workers (fuses the binarizers)")
 
     @field_validator("milestones")
     @classmethod

@@ -71,6 +71,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = create_model(trial.arch, trial.binarizer, trial.rho if trial.rho is not None else 0.3, num_classes,
                          **model_kwargs(trial.arch, input_shape))
     model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+    if spec.recipe.compile and use_cuda:
+        model = torch.compile(model)  # checkpoints unwrap it (sibnn.engine.unwrap)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train))
 
