@@ -4,9 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup system-deps test test-fast demo clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# Debian packages the tests use: PostgreSQL 15's server (a private cluster per test session) and docker-compose
+# 1.29 (offline validation of docker-compose.yml). Installed only when missing, and only as root.
+system-deps:
+	@missing=""; \
+	test -x /usr/lib/postgresql/15/bin/initdb || missing="$$missing postgresql-15"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
 
 # torch first, pinned: on CPU machines `pip install torch==2.13.0` takes the CPU wheel (an unpinned torch would pull
 # a multi-GB CUDA build). GPU users: see README "GPU users".

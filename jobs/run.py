@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     import ray
 
     from jobs.manifest import data_fingerprint
-    from jobs.sweep import run_sweep
+    from jobs.sweep import InfeasibleTrialError, run_sweep
 
     address = os.environ.get("RAY_ADDRESS")
     init_kw = {"address": address} if address else {"include_dashboard": False}
@@ -135,8 +135,12 @@ def main(argv=None) -> int:
     trials = spec.trials()
     print(f"experiment {args.experiment_id}: {len(trials)} trials on {ray.cluster_resources()} "
           f"(storage {storage}, MLflow {mlflow_uri})", flush=True)
-    outcome = run_sweep(spec, args.experiment_id, storage_path=str(storage), mlflow_uri=mlflow_uri,
-                        data_root=data_root, data_fingerprint=data_fingerprint(spec.dataset.kind, data_root))
+    try:
+        outcome = run_sweep(spec, args.experiment_id, storage_path=str(storage), mlflow_uri=mlflow_uri,
+                            data_root=data_root, data_fingerprint=data_fingerprint(spec.dataset.kind, data_root))
+    except InfeasibleTrialError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"{'trial':<36}{'state':<10}{'top-1':>8}{'best':>8}{'sparsity':>10}")
     for r in outcome.rows:
         fmt = lambda v, f: format(v, f) if v is not None else "–"  # noqa: E731

@@ -8,6 +8,7 @@ so a restarted driver restores the Tune experiment and every unfinished Train ru
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +35,27 @@ class SweepOutcome:
     parent_run_id: str
     rows: list[dict]
     failed: list[str]
+
+
+class InfeasibleTrialError(RuntimeError):
+    """A trial asks for more than the whole cluster has: Tune would wait for it forever."""
+
+
+def check_feasible(spec: ExperimentSpec, resources: dict) -> None:
+    """Fail fast when one trial cannot fit the cluster. Autoscaling clusters (KubeRay with GPU workers scaled to
+    zero) set SIBNN_ALLOW_PENDING_RESOURCES=1 on the head: their resources appear once a trial asks for them."""
+    if os.environ.get("SIBNN_ALLOW_PENDING_RESOURCES") == "1":
+        return
+    r = spec.resources
+    need_cpu = r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU
+    need_gpu = r.workers_per_trial * r.gpus_per_worker
+    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if need_cpu > have_cpu + 1e-9 or need_gpu > have_gpu + 1e-9:
+        raise InfeasibleTrialError(
+            f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (resources: {r.workers_per_trial} workers × "
+            f"{r.cpus_per_worker:g} CPUs, {r.gpus_per_worker:g} GPUs, plus {DRIVER_CPU} CPU for its driver), the "
+            f"Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs; lower the resources or add nodes "
+            f"(set SIBNN_ALLOW_PENDING_RESOURCES=1 on an autoscaling cluster)")
 
 
 def max_concurrent_trials(spec: ExperimentSpec, resources: dict) -> int:
@@ -124,6 +146,7 @@ def _input_size(spec: ExperimentSpec, trial: TrialSpec) -> int:
 
 def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, mlflow_uri: str,
               data_root: str | None, data_fingerprint: str) -> SweepOutcome:
+    check_feasible(spec, ray.cluster_resources())
     client = tracking.client(mlflow_uri)
     parent = tracking.ensure_parent_run(client, experiment_id, spec)
     client.update_run(parent, status="RUNNING")
