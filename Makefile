@@ -35,8 +35,10 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The embedded default: a local Ray head, an MLflow server and the API as child processes, the digits preset
+# (Si-BNN at several rho vs sign vs FP, two seeds) submitted through the API, the tables printed at the end.
 demo: setup
-	$(BIN)/python -m sibnn.train --dataset digits --binarizer sibnn --rho 0.3 --epochs 30
+	$(BIN)/sibnn demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,12 +15,14 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from jobs.presets import PRESETS, preset
 from jobs.spec import ExperimentSpec, SpecError, parse_spec
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 143
+SIGTERM_DEADLINE_S = 2.5  # Ray's stop_job waits a few seconds before SIGKILL
 EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -76,27 +78,36 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _mark_killed(mlflow_uri: str, experiment_id: str) -> None:
+    from jobs import tracking
+
+    c = tracking.client(mlflow_uri)
+    parent = tracking.parent_run(c, experiment_id)
+    for run in tracking.trial_runs(c, experiment_id):
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            tracking.set_trial_state(c, run.info.run_id, "KILLED")
+    if parent is not None:
+        tracking.set_trial_state(c, parent.info.run_id, "KILLED")
+    print(f"cancelled: MLflow runs of experiment {experiment_id} marked KILLED; checkpoints kept", flush=True)
+
+
 def _install_sigterm(mlflow_uri: str, experiment_id: str, local_ray: bool) -> None:
     def on_sigterm(signum, frame):
-        # Ray's stop_job sends SIGTERM, then SIGKILL a few seconds later: mark the runs, then go.
-        try:
-            from jobs import tracking
-
-            c = tracking.client(mlflow_uri)
-            parent = tracking.parent_run(c, experiment_id)
-            for run in tracking.trial_runs(c, experiment_id):
-                if run.info.status in ("RUNNING", "SCHEDULED"):
-                    tracking.set_trial_state(c, run.info.run_id, "KILLED")
-            if parent is not None:
-                tracking.set_trial_state(c, parent.info.run_id, "KILLED")
-            print(f"cancelled: MLflow runs of experiment {experiment_id} marked KILLED; checkpoints kept",
+        # Ray's stop_job sends SIGTERM, then SIGKILL a few seconds later. Marking the runs is network work that
+        # can hang (MLflow down, retries): it gets a thread and a deadline, and the process exits either way.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
+        marker = threading.Thread(target=_mark_killed, args=(mlflow_uri, experiment_id), daemon=True)
+        marker.start()
+        marker.join(SIGTERM_DEADLINE_S)
+        if marker.is_alive():
+            print(f"cancelled: MLflow did not answer within {SIGTERM_DEADLINE_S} s; runs left as they were",
                   flush=True)
-            if local_ray:  # a Ray this process started must not outlive it
-                import ray
+        if local_ray:  # a Ray this process started must not outlive it (no Ray job: no SIGKILL deadline)
+            import ray
 
-                ray.shutdown()
-        finally:
-            os._exit(EXIT_CANCELLED)
+            ray.shutdown()
+        os._exit(EXIT_CANCELLED)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

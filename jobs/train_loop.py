@@ -85,16 +85,18 @@ def train_loop_per_worker(config: dict) -> None:
         # the data order depends on (seed, epoch) only, so the resumed epochs see what they would have seen
 
     client = run_id = None
+    logged: set[int] = set()
     if rank == 0:
         client = tracking.client(config["mlflow_uri"])
         run_id = config["mlflow_run_id"]
         tracking.set_trial_state(client, run_id, "RUNNING")
         tags = manifest(device, trial.seed, config["data_fingerprint"])
         client.log_batch(run_id, tags=[RunTag(f"sibnn.manifest.{k}", v) for k, v in tags.items()])
-        done = tracking.logged_epochs(client, run_id)
+        logged = tracking.logged_epochs(client, run_id)
         for h in state.history:  # epochs completed before a failure but never logged
-            if h["epoch"] not in done:
+            if h["epoch"] not in logged:
                 tracking.log_epoch(client, run_id, h["epoch"], h)
+                logged.add(h["epoch"])
 
     epoch_start = [time.perf_counter()]
 
@@ -107,7 +109,11 @@ def train_loop_per_worker(config: dict) -> None:
                                            {"trial": trial.model_dump(), "num_classes": num_classes,
                                             **model_kwargs(trial.arch, input_shape)}), Path(d) / CHECKPOINT_FILE)
                 ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
-            tracking.log_epoch(client, run_id, epoch, metrics)
+            # An epoch can run twice: when the cluster dies after MLflow got it but before Train recorded its
+            # checkpoint, the resumed run repeats it. MLflow keeps the first; each epoch appears exactly once.
+            if epoch not in logged:
+                tracking.log_epoch(client, run_id, epoch, metrics)
+                logged.add(epoch)
         else:
             ray.train.report(scalars)
         epoch_start[0] = time.perf_counter()

@@ -1,0 +1,66 @@
+"""The FastAPI control plane: ``create_app(settings)``; ``service.app:app`` reads the settings from the env.
+
+The lifespan opens the database (migrating it), and runs the reconciler: every few seconds, in a worker thread
+(the Ray and MLflow clients block), experiment status is brought in step with Ray.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from service import problems
+from service.experiments import Context, reconcile_once
+from service.routes import experiments, health, models, tables
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+async def _reconcile_forever(ctx: Context) -> None:
+    while True:
+        try:
+            await anyio.to_thread.run_sync(reconcile_once, ctx)
+        except Exception:  # noqa: BLE001
+            log.exception("reconciler pass failed")
+        await asyncio.sleep(ctx.settings.reconcile_interval_s)
+
+
+def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
+    # MLflow's client retries a refused connection for minutes by default: fail fast, answer 503 instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ctx = await anyio.to_thread.run_sync(Context.from_settings, settings or Settings())
+        app.state.ctx = ctx
+        task = asyncio.create_task(_reconcile_forever(ctx)) if reconcile else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+            ctx.engine.dispose()
+
+    app = FastAPI(title="sibnn", version="1", lifespan=lifespan,
+                  description="Reproduce the Si-BNN paper's tables on a Ray cluster; runs recorded in MLflow.")
+    problems.install(app)
+    for r in (experiments.router, tables.router, models.router, health.router):
+        app.include_router(r)
+    return app
+
+
+def __getattr__(name: str):
+    # `uvicorn service.app:app`: built on first access, so importing this module reads no environment.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,362 @@
+"""The ``sibnn`` command: bring the embedded stack up, submit and watch experiments, print the tables.
+
+    sibnn up                      # Ray head (token auth) + MLflow (SQLite) + API as child processes; Ctrl-C stops
+    sibnn demo                    # up + the digits preset + live progress + results table + MLflow UI address
+    sibnn submit spec.json --wait # or: sibnn submit --preset digits --wait
+    sibnn status [ID] · sibnn results ID · sibnn logs ID [-f] · sibnn cancel ID · sibnn table paper-comparison
+"""
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.client import Api, ApiError, home
+
+app = typer.Typer(help="Reproduce the Si-BNN paper's tables on Ray; runs recorded in MLflow.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+STATE_STYLE = {"FINISHED": "green", "SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "FAILED": "red",
+               "KILLED": "yellow", "CANCELLED": "yellow"}
+
+
+def _fail(msg: str, code: int = 1):
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def _api(url: Optional[str], token: Optional[str]) -> Api:
+    return Api(url, token)
+
+
+UrlOpt = typer.Option(None, "--api-url", envvar="SIBNN_API_URL", help="API address (default: the stack of `sibnn up`)")
+TokenOpt = typer.Option(None, "--token", envvar="SIBNN_API_TOKEN", help="API bearer token")
+
+
+# --- the stack ----------------------------------------------------------------------------------------------------
+
+def _start_stack(state: Path, port: int, mlflow_port: Optional[int], host: str, num_cpus: Optional[int]):
+    from service.stack import Stack
+
+    stack = Stack(state, api_port=port, mlflow_port=mlflow_port, host=host, num_cpus=num_cpus,
+                  say=lambda m: console.print(f"[dim]{m}[/dim]"))
+    info = stack.start()
+    console.print(f"[bold green]sibnn is up[/bold green]\n  API      {info.api_url}  (OpenAPI page: "
+                  f"{info.api_url}/docs)"
+                  f"\n  MLflow   {info.mlflow_url}\n  Ray      {info.ray_dashboard_url}  (token in "
+                  f"{info.ray_auth_token_path})\n  API token in {state / 'api_token'}; state in {state}")
+    return stack, info
+
+
+def _wait_for_signal(stack) -> None:
+    stop = {"now": False}
+
+    def handler(signum, frame):
+        stop["now"] = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop["now"]:
+            why = stack.failed()
+            if why:
+                console.print(f"[red]{why}[/red]")
+                break
+            time.sleep(0.5)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@app.command()
+def up(port: int = typer.Option(8000, help="API port"), host: str = typer.Option("127.0.0.1", help="API bind address"),
+       mlflow_port: Optional[int] = typer.Option(None, help="MLflow port (default: a free one)"),
+       num_cpus: Optional[int] = typer.Option(None, help="CPUs the Ray head offers (default: all)"),
+       state: Path = typer.Option(None, "--home", envvar="SIBNN_HOME", help="state folder (default ~/.sibnn)")):
+    """Start the embedded stack (Ray head, MLflow, API) as child processes; Ctrl-C shuts it all down."""
+    state = (state or home()).expanduser().resolve()
+    try:
+        stack, _ = _start_stack(state, port, mlflow_port, host, num_cpus)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        _fail(str(e))
+    console.print("[dim]Ctrl-C stops everything.[/dim]")
+    try:
+        _wait_for_signal(stack)
+    finally:
+        console.print("[dim]stopping the API, MLflow and the Ray head…[/dim]")
+        stack.stop()
+        console.print("stopped.")
+
+
+# --- experiments --------------------------------------------------------------------------------------------------
+
+def _load_spec(path: Optional[Path], preset_name: Optional[str], epochs: Optional[int]) -> dict:
+    from jobs.presets import PRESETS
+
+    if preset_name:
+        if preset_name not in PRESETS:
+            _fail(f"unknown preset {preset_name!r}; available: {', '.join(PRESETS)}")
+        spec = json.loads(json.dumps(PRESETS[preset_name]))
+    elif path:
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            _fail(f"cannot read the spec {path}: {e}")
+    else:
+        _fail("give a spec file or --preset NAME")
+    if epochs is not None:
+        spec.setdefault("recipe", {})["epochs"] = epochs
+    return spec
+
+
+def _show_problem(e: ApiError) -> None:
+    console.print(f"[red]{e}[/red]")
+    for err in e.problem.get("errors") or []:
+        console.print(f"  [bold]{err.get('field')}[/bold]: {err.get('message')}")
+
+
+@app.command()
+def submit(spec_file: Optional[Path] = typer.Argument(None, help="spec JSON file"),
+           preset: Optional[str] = typer.Option(None, help="a preset instead of a file (e.g. digits)"),
+           epochs: Optional[int] = typer.Option(None, help="override recipe.epochs"),
+           wait: bool = typer.Option(False, "--wait", help="follow progress until the experiment ends"),
+           url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
+    """Submit an experiment spec (validated by the API; errors name the field)."""
+    api = _api(url, token)
+    try:
+        exp = api.submit(_load_spec(spec_file, preset, epochs), idempotency_key=str(uuid.uuid4()))
+    except ApiError as e:
+        _show_problem(e)
+        raise typer.Exit(1)
+    console.print(f"experiment [bold]{exp['id']}[/bold] submitted ({exp['n_trials']} trials): {exp['status']}")
+    if wait:
+        final = watch(api, exp["id"])
+        _print_results(api, exp["id"])
+        raise typer.Exit(0 if final == "SUCCEEDED" else 1)
+
+
+def watch(api: Api, exp_id: str, poll_s: float = 2.0) -> str:
+    """Live progress: one bar per trial (epochs done), the experiment's status in the header."""
+    progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(),
+                        TextColumn("{task.fields[state]:<9} top-1 {task.fields[top1]}"), TimeElapsedColumn(),
+                        console=console)
+    bars: dict[str, int] = {}
+    with Live(progress, console=console, refresh_per_second=4):
+        while True:
+            try:
+                exp = api.get(exp_id)
+            except ApiError as e:
+                progress.console.print(f"[yellow]{e}; retrying[/yellow]")
+                time.sleep(poll_s)
+                continue
+            for t in exp.get("trials") or []:
+                if t["trial_id"] not in bars:
+                    bars[t["trial_id"]] = progress.add_task(t["trial_id"], total=t["epochs"], state="", top1="–")
+                top1 = t["metrics"].get("val_top1")
+                style = STATE_STYLE.get(t["state"], "white")
+                progress.update(bars[t["trial_id"]], completed=t["epoch"], state=f"[{style}]{t['state']}[/{style}]",
+                                top1=f"{top1:.1f}" if top1 is not None else "–")
+            if exp["status"] in TERMINAL:
+                break
+            time.sleep(poll_s)
+    if not console.is_terminal:
+        console.line()
+    style = STATE_STYLE.get(exp["status"], "white")
+    console.print(f"experiment {exp_id}: [{style}]{exp['status']}[/{style}]" +
+                  (f" — {exp['reason']}" if exp.get("reason") else ""))
+    return exp["status"]
+
+
+def _fmt(v, f=".2f"):
+    return "–" if v is None else format(v, f)
+
+
+def _print_results(api: Api, exp_id: str) -> None:
+    res = api.results(exp_id)
+    t = Table(title=f"results of {exp_id} ({res['status']})")
+    for col in ("trial", "binarizer", "ρ", "seed", "state", "epochs", "top-1", "best top-1", "top-5", "sparsity",
+                "img/s", "wall s"):
+        t.add_column(col, justify="left" if col in ("trial", "binarizer", "state") else "right")
+    for r in res["rows"]:
+        t.add_row(r["trial_id"], r["binarizer"], _fmt(r["rho"], "g"), str(r["seed"]), r["state"], str(r["epochs"]),
+                  _fmt(r["final_top1"]), _fmt(r["best_top1"]), _fmt(r["final_top5"]), _fmt(r["sparsity"], ".3f"),
+                  _fmt(r["images_per_s"], ".0f"), _fmt(r["wall_time_s"], ".1f"))
+    console.print(t)
+
+
+@app.command()
+def status(exp_id: Optional[str] = typer.Argument(None), url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
+    """One experiment with its trials, or the list of experiments."""
+    api = _api(url, token)
+    try:
+        if exp_id:
+            exp = api.get(exp_id)
+            console.print(f"[bold]{exp['id']}[/bold] {exp['name']}: {exp['status']}"
+                          + (f" — {exp['reason']}" if exp.get("reason") else "")
+                          + f"  (attempt {exp['attempt']}, Ray {exp['ray_submission_id']})")
+            t = Table()
+            for col in ("trial", "state", "epoch", "val top-1", "sparsity", "MLflow"):
+                t.add_column(col)
+            for tr in exp.get("trials") or []:
+                m = tr["metrics"]
+                t.add_row(tr["trial_id"], tr["state"], f"{tr['epoch']}/{tr['epochs']}", _fmt(m.get("val_top1")),
+                          _fmt(m.get("sparsity_mean"), ".3f"), tr["mlflow_url"] or "")
+            console.print(t)
+        else:
+            t = Table(title="experiments")
+            for col in ("id", "name", "status", "trials", "created", "reason"):
+                t.add_column(col)
+            for e in api.list()["items"]:
+                t.add_row(e["id"], e["name"], e["status"], str(e["n_trials"]), e["created_at"][:19], e["reason"] or "")
+            console.print(t)
+    except ApiError as e:
+        _show_problem(e)
+        raise typer.Exit(1)
+
+
+@app.command()
+def results(exp_id: str, url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
+    """The results table of an experiment (one row per trial)."""
+    try:
+        _print_results(_api(url, token), exp_id)
+    except ApiError as e:
+        _show_problem(e)
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(exp_id: str, follow: bool = typer.Option(False, "--follow", "-f"), tail: int = 200,
+         url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
+    """The Ray job's log (``-f`` follows it until the job ends)."""
+    api = _api(url, token)
+    try:
+        if follow:
+            for chunk in api.follow_logs(exp_id, tail):
+                console.out(chunk, end="", highlight=False)
+        else:
+            console.out(api.logs(exp_id, tail), highlight=False)
+    except ApiError as e:
+        _show_problem(e)
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(exp_id: str, url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
+    """Cancel: the Ray job is stopped, the experiment ends CANCELLED."""
+    try:
+        exp = _api(url, token).cancel(exp_id)
+    except ApiError as e:
+        _show_problem(e)
+        raise typer.Exit(1)
+    console.print(f"experiment {exp_id}: {exp['status']}")
+
+
+def _print_table(data: dict) -> None:
+    rows = data["rows"]
+    t = Table(title=data["table"], caption=data.get("note"))
+    cols = ["dataset", "arch", "binarizer", "ρ", "seeds", "top-1 (mean ± std)", "top-5", "sparsity"]
+    if data["table"] == "paper-comparison":
+        cols.append("paper top-1")
+    for c in cols:
+        t.add_column(c)
+    def pm(s: dict) -> str:
+        if s["mean"] is None:
+            return "–"
+        return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
+
+    for r in rows:
+        cells = [r["dataset"] or "", r["arch"] or "", r["binarizer"] or "", _fmt(r["rho"], "g"), str(r["n"]),
+                 pm(r["final_top1"]), pm(r["final_top5"]),
+                 "–" if r["sparsity"]["mean"] is None else f"{r['sparsity']['mean']:.3f}"]
+        if data["table"] == "paper-comparison":
+            cells.append(_fmt(r.get("paper_top1"), ".1f"))
+        t.add_row(*cells)
+    console.print(t)
+    for c in data.get("claims", []):
+        mark = "[green]holds[/green]" if c["holds"] else "[yellow]does not hold[/yellow]"
+        rho = c["rho"] if "rho" in c else c.get("best_intermediate_rho")
+        console.print(f"  {c['dataset']}/{c['arch']}: {c['claim']} (ρ={_fmt(rho, 'g')}): {mark}")
+
+
+@app.command()
+def table(name: str = typer.Argument("paper-comparison", help="paper-comparison | rho-ablation"),
+          experiment_id: Optional[list[str]] = typer.Option(None, "--experiment-id", "-e"),
+          url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
+    """A paper table aggregated over seeds, reproduced numbers next to the paper's."""
+    try:
+        _print_table(_api(url, token).table(name, experiment_id))
+    except ApiError as e:
+        _show_problem(e)
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(port: int = typer.Option(8000, help="API port"),
+         epochs: Optional[int] = typer.Option(None, help="override the preset's epochs (8)"),
+         quick: bool = typer.Option(False, help="a 2-trial, 2-epoch sweep instead of the full digits preset"),
+         keep_up: bool = typer.Option(False, "--keep-up", help="leave the stack running until Ctrl-C"),
+         state: Path = typer.Option(None, "--home", envvar="SIBNN_HOME", help="state folder (default ~/.sibnn)")):
+    """Bring the stack up, run the digits preset (Si-BNN at several ρ vs sign vs FP, two seeds), show progress,
+    print the results table and the MLflow UI address."""
+    from jobs.presets import PRESETS
+
+    state = (state or home()).expanduser().resolve()
+    try:
+        stack, info = _start_stack(state, port, None, "127.0.0.1", None)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        _fail(str(e))
+    code = 1
+    try:
+        api = Api(info.api_url, info.api_token)
+        spec = json.loads(json.dumps(PRESETS["digits"]))
+        if quick:
+            spec["grid"].update(binarizer=["sibnn", "sign"], rho=[0.3], seed=[0])
+            spec["recipe"]["epochs"] = 2
+        if epochs is not None:
+            spec["recipe"]["epochs"] = epochs
+        exp = api.submit(spec, idempotency_key=str(uuid.uuid4()))
+        console.print(f"submitted [bold]{exp['id']}[/bold]: {spec['name']} ({exp['n_trials']} trials, "
+                      f"{spec['recipe']['epochs']} epochs)")
+        final = watch(api, exp["id"])
+        _print_results(api, exp["id"])
+        _print_table(api.table("paper-comparison", [exp["id"]]))
+        if len(spec["grid"]["rho"]) > 1:
+            _print_table(api.table("rho-ablation", [exp["id"]]))
+        console.print(f"MLflow UI: [bold]{info.mlflow_url}[/bold]"
+                      + (f"  (this experiment: {exp['mlflow_url']})" if exp.get("mlflow_url") else ""))
+        code = 0 if final == "SUCCEEDED" else 1
+        if keep_up:
+            console.print("[dim]the stack stays up; Ctrl-C stops it.[/dim]")
+            _wait_for_signal(stack)
+    except ApiError as e:
+        _show_problem(e)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+    finally:
+        console.print("[dim]stopping the stack…[/dim]")
+        stack.stop()
+    raise typer.Exit(code)
+
+
+@app.command()
+def migrate(database_url: Optional[str] = typer.Option(None, envvar="SIBNN_DATABASE_URL")):
+    """Bring the database to the latest schema (Alembic); the API also does this at start-up."""
+    from service.db import migrate as run
+    from service.settings import Settings
+
+    url = database_url or Settings().db_url
+    run(url)
+    console.print(f"database at {url.split('@')[-1]} is up to date")
+
+
+if __name__ == "__main__":
+    app()

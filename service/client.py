@@ -1,0 +1,88 @@
+"""A small HTTP client of the API (the ``sibnn`` command and ``bench/api.py`` use it).
+
+Where the API is: ``SIBNN_API_URL`` and ``SIBNN_API_TOKEN``, else the ``stack.json`` that ``sibnn up`` writes in
+``SIBNN_HOME`` (~/.sibnn), else http://127.0.0.1:8000.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+
+from service.stack import StackInfo
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, problem: dict):
+        self.status, self.problem = status, problem
+        detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+        super().__init__(f"{status} {problem.get('title', '')}: {detail}".strip())
+
+
+def home() -> Path:
+    return Path(os.environ.get("SIBNN_HOME", Path.home() / ".sibnn")).expanduser()
+
+
+def locate(url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
+    info = StackInfo.read(home())
+    url = url or os.environ.get("SIBNN_API_URL") or (info.api_url if info else "http://127.0.0.1:8000")
+    token = token or os.environ.get("SIBNN_API_TOKEN") or (info.api_token if info else None)
+    return url.rstrip("/"), token
+
+
+class Api:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0):
+        self.url, self.token = locate(url, token)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def _check(self, r: httpx.Response):
+        if r.status_code >= 400:
+            try:
+                problem = r.json()
+            except ValueError:
+                problem = {"detail": r.text[:500]}
+            raise ApiError(r.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})
+        return r
+
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            return self._check(self.http.request(method, path, **kw))
+        except httpx.ConnectError:
+            raise ApiError(503, {"title": "API unreachable",
+                                 "detail": f"no API at {self.url} (start it with `sibnn up`, or set SIBNN_API_URL)"}
+                           ) from None
+
+    def submit(self, spec: dict, idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.request("POST", "/experiments", json=spec, headers=headers).json()
+
+    def get(self, exp_id: str) -> dict:
+        return self.request("GET", f"/experiments/{exp_id}").json()
+
+    def list(self, status: str | None = None, limit: int = 50) -> dict:
+        params = {"limit": limit, **({"status": status} if status else {})}
+        return self.request("GET", "/experiments", params=params).json()
+
+    def cancel(self, exp_id: str) -> dict:
+        return self.request("DELETE", f"/experiments/{exp_id}").json()
+
+    def results(self, exp_id: str) -> dict:
+        return self.request("GET", f"/experiments/{exp_id}/results").json()
+
+    def logs(self, exp_id: str, tail: int = 200) -> str:
+        return self.request("GET", f"/experiments/{exp_id}/logs", params={"tail": tail}).text
+
+    def follow_logs(self, exp_id: str, tail: int = 200):
+        with self.http.stream("GET", f"/experiments/{exp_id}/logs", params={"tail": tail, "follow": True},
+                              timeout=None) as r:
+            self._check(r)
+            yield from r.iter_text()
+
+    def table(self, name: str, experiment_ids: list[str] | None = None) -> dict:
+        return self.request("GET", f"/tables/{name}", params={"experiment_id": experiment_ids or []}).json()
+
+    def ready(self) -> dict:
+        r = self.http.get("/readyz")
+        return r.json()

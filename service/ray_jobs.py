@@ -1,0 +1,145 @@
+"""The Ray job client: submit an experiment's ``jobs.run`` entrypoint, read its status and logs, stop it.
+
+Ray 2.60 clusters run with token authentication; the service sends the cluster's token as a bearer header on
+every request (``JobSubmissionClient(headers=...)``), so it works whatever ``RAY_AUTH_MODE`` says in this process.
+Everything here blocks (HTTP through ``requests``): call it from sync endpoints or a worker thread, never from
+``async def``.
+"""
+from __future__ import annotations
+
+import base64
+import shlex
+import threading
+from dataclasses import dataclass
+
+import httpx
+
+from jobs.spec import ExperimentSpec
+from service.settings import Settings
+
+
+class RayUnavailable(RuntimeError):
+    """The Ray cluster cannot be reached or refuses the token; the message names the address."""
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobAlreadyExists(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobState:
+    submission_id: str
+    status: str          # PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
+    message: str | None
+    job_id: str | None
+    exit_code: int | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("STOPPED", "SUCCEEDED", "FAILED")
+
+
+def entrypoint(settings: Settings, spec: ExperimentSpec, experiment_id: str) -> str:
+    """The job's command line. The spec travels base64-encoded: no shell quoting can break it."""
+    b64 = base64.b64encode(spec.model_dump_json().encode()).decode()
+    return (f"{shlex.quote(settings.job_python)} -m jobs.run --spec-b64 {b64} "
+            f"--experiment-id {shlex.quote(experiment_id)}")
+
+
+def runtime_env(settings: Settings, experiment_id: str) -> dict:
+    return {"env_vars": {
+        "MLFLOW_TRACKING_URI": settings.job_mlflow_tracking_uri or settings.mlflow_tracking_uri,
+        "SIBNN_STORAGE_PATH": str(settings.runs_path),
+        "SIBNN_EXPERIMENT_ID": experiment_id,
+        "PYTHONPATH": settings.job_pythonpath,
+        "PYTHONUNBUFFERED": "1",
+    }}
+
+
+class RayJobs:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.address = settings.ray_address.rstrip("/")
+        self._client = None
+        self._lock = threading.Lock()
+
+    @property
+    def headers(self) -> dict:
+        token = self.settings.ray_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _get(self):
+        with self._lock:
+            if self._client is None:
+                from ray.job_submission import JobSubmissionClient
+
+                try:
+                    self._client = JobSubmissionClient(self.address, headers=self.headers)
+                except Exception as e:  # noqa: BLE001 - connection refused, auth, version: one message
+                    raise RayUnavailable(self._explain(e)) from None
+            return self._client
+
+    def _explain(self, e: Exception) -> str:
+        text = str(e)
+        if "401" in text or "Authentication required" in text:
+            return f"Ray at {self.address} requires a token: set SIBNN_RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN)"
+        if "403" in text or "Authentication failed" in text:
+            return f"Ray at {self.address} rejected the token (SIBNN_RAY_AUTH_TOKEN)"
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        return f"Ray at {self.address} is unreachable: {first[:300]}"
+
+    def _call(self, fn, *args, **kwargs):
+        client = self._get()
+        try:
+            return fn(client, *args, **kwargs)
+        except (JobNotFound, JobAlreadyExists):
+            raise
+        except Exception as e:  # noqa: BLE001
+            text = str(e)
+            if "does not exist" in text or "404" in text.split("\n", 1)[0]:
+                raise JobNotFound(text.splitlines()[0] if text else "not found") from None
+            if "already exists" in text:
+                raise JobAlreadyExists(text.strip().splitlines()[-1]) from None
+            with self._lock:
+                self._client = None  # reconnect next time (the head may have restarted)
+            raise RayUnavailable(self._explain(e)) from None
+
+    def submit(self, spec: ExperimentSpec, experiment_id: str, submission_id: str) -> None:
+        """Submit; a submission id Ray already knows is not an error (the same attempt, submitted before)."""
+        try:
+            self._call(lambda c: c.submit_job(entrypoint=entrypoint(self.settings, spec, experiment_id),
+                                              submission_id=submission_id,
+                                              runtime_env=runtime_env(self.settings, experiment_id),
+                                              metadata={"sibnn.experiment_id": experiment_id}))
+        except JobAlreadyExists:
+            pass
+
+    def state(self, submission_id: str) -> JobState:
+        info = self._call(lambda c: c.get_job_info(submission_id))
+        return JobState(submission_id, str(getattr(info.status, "value", info.status)), info.message, info.job_id,
+                        getattr(info, "driver_exit_code", None))
+
+    def stop(self, submission_id: str) -> bool:
+        return bool(self._call(lambda c: c.stop_job(submission_id)))
+
+    def logs(self, submission_id: str) -> str:
+        return self._call(lambda c: c.get_job_logs(submission_id))
+
+    def ping(self) -> str:
+        """The cluster's Ray version; raises RayUnavailable naming the address and what is wrong."""
+        try:
+            r = httpx.get(f"{self.address}/api/version", headers=self.headers,
+                          timeout=self.settings.request_timeout_s)
+        except httpx.HTTPError as e:
+            raise RayUnavailable(f"Ray at {self.address} is unreachable: {e}") from None
+        if r.status_code == 401:
+            raise RayUnavailable(f"Ray at {self.address} requires a token: set SIBNN_RAY_AUTH_TOKEN")
+        if r.status_code == 403:
+            raise RayUnavailable(f"Ray at {self.address} rejected the token (SIBNN_RAY_AUTH_TOKEN)")
+        if r.status_code != 200:
+            raise RayUnavailable(f"Ray at {self.address} answered {r.status_code}")
+        return r.json().get("ray_version", "?")

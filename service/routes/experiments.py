@@ -1,0 +1,147 @@
+"""/experiments: launch, list, describe, cancel, logs, results."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import anyio
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from sqlalchemy import func, select
+
+from jobs.presets import PRESETS
+from jobs.spec import ExperimentSpec
+from service import db
+from service.db import Experiment
+from service.deps import get_ctx, require_token
+from service.experiments import (Context, MlflowUnavailable, cancel_experiment, create_experiment, describe,
+                                 get_or_404)
+from service.problems import Problem
+from service.ray_jobs import JobNotFound, RayUnavailable
+from service.results import results_rows
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+ExperimentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+PROBLEM = {"content": {"application/problem+json": {}}}
+
+
+@router.post("", status_code=202, dependencies=[Depends(require_token)],
+             responses={401: PROBLEM, 409: PROBLEM, 422: PROBLEM, 429: PROBLEM, 503: PROBLEM})
+def create(spec: Annotated[ExperimentSpec, Body(openapi_examples={
+               "digits": {"summary": "the embedded digits sweep", "value": PRESETS["digits"]}})],
+           response: Response, ctx: Context = Depends(get_ctx),
+           idempotency_key: Annotated[str | None,
+                                      Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None):
+    """Validate the spec, register it in MLflow and submit it to Ray; 202 with ``Location``.
+
+    ``Idempotency-Key``: the same key with the same body returns the same experiment; with a different body 422;
+    while the first request with that key is still in flight 409."""
+    exp, created = create_experiment(ctx, spec, idempotency_key)
+    response.headers["Location"] = f"/experiments/{exp.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    with ctx.sessions() as s:
+        return describe(ctx, s.get(Experiment, exp.id))
+
+
+@router.get("")
+def list_experiments(ctx: Context = Depends(get_ctx), status: Status | None = None,
+                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0):
+    with ctx.sessions() as s:
+        q = select(Experiment)
+        n = select(func.count()).select_from(Experiment)
+        if status is not None:
+            q, n = q.where(Experiment.status == status), n.where(Experiment.status == status)
+        total = s.scalar(n)
+        items = s.scalars(q.order_by(Experiment.created_at.desc(), Experiment.id).offset(offset).limit(limit)).all()
+        out = {"items": [describe(ctx, e) for e in items], "total": total, "limit": limit, "offset": offset,
+               "next": None}
+    if offset + limit < total:
+        out["next"] = f"/experiments?limit={limit}&offset={offset + limit}" + (f"&status={status}" if status else "")
+    return out
+
+
+@router.get("/{experiment_id}", responses={404: PROBLEM})
+def get(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
+    """Status (with the reason), attempts, and per trial: state, epoch, latest metrics, MLflow links."""
+    with ctx.sessions() as s:
+        return describe(ctx, get_or_404(s, experiment_id), trials=True)
+
+
+@router.delete("/{experiment_id}", status_code=202, dependencies=[Depends(require_token)],
+               responses={401: PROBLEM, 404: PROBLEM, 409: PROBLEM, 503: PROBLEM})
+def cancel(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
+    """Cancel: stop the Ray job (its MLflow runs are marked KILLED, checkpoints kept) → CANCELLED."""
+    exp = cancel_experiment(ctx, experiment_id)
+    return describe(ctx, exp)
+
+
+def _submission(ctx: Context, experiment_id: str, attempt: int | None) -> str:
+    with ctx.sessions() as s:
+        exp = get_or_404(s, experiment_id)
+        n = exp.attempt if attempt is None else attempt
+        if not 1 <= n <= exp.attempt:
+            raise Problem(404, f"experiment {experiment_id} has attempts 1..{exp.attempt}, not {n}")
+        return db.submission_id(experiment_id, n)
+
+
+def _logs(ctx: Context, sid: str) -> str:
+    try:
+        return ctx.ray.logs(sid)
+    except JobNotFound:
+        return ""
+    except RayUnavailable as e:
+        raise Problem(503, str(e), title="Dependency unavailable") from None
+
+
+def _tail(text: str, n: int) -> str:
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[-n:]) if n else text
+
+
+@router.get("/{experiment_id}/logs", response_class=PlainTextResponse, responses={404: PROBLEM, 503: PROBLEM})
+def logs(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx),
+         tail: Annotated[int, Query(ge=0, le=100_000, description="last N lines (0: all)")] = 200,
+         follow: Annotated[bool, Query(description="stream until the job ends")] = False,
+         attempt: Annotated[int | None, Query(ge=1, le=1000)] = None):
+    """The Ray job's driver log: the last ``tail`` lines, or a stream (``follow=true``) until the job ends."""
+    sid = _submission(ctx, experiment_id, attempt)
+    first = _logs(ctx, sid)
+    if not follow:
+        return PlainTextResponse(_tail(first, tail))
+
+    async def stream():
+        # The Ray client blocks: poll it from a worker thread, send what is new.
+        yield _tail(first, tail)
+        seen = len(first)
+        while True:
+            await anyio.sleep(1.0)
+            try:
+                text = await anyio.to_thread.run_sync(ctx.ray.logs, sid)
+                state = await anyio.to_thread.run_sync(ctx.ray.state, sid)
+            except (JobNotFound, RayUnavailable) as e:
+                yield f"\n[sibnn: log stream ended: {e}]\n"
+                return
+            if len(text) > seen:
+                yield text[seen:]
+                seen = len(text)
+            if state.terminal:
+                yield f"\n[sibnn: job {sid} {state.status}]\n"
+                return
+
+    return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
+
+
+@router.get("/{experiment_id}/results", responses={404: PROBLEM, 503: PROBLEM})
+def results(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
+    """One row per trial: arch, binarizer, ρ, seed, final and best top-1/top-5, sparsity, epochs, wall time,
+    images/s, MLflow link."""
+    with ctx.sessions() as s:
+        exp = get_or_404(s, experiment_id)
+        status = exp.status
+    try:
+        rows = ctx.mlflow_call(results_rows, experiment_id, ctx.settings.mlflow_ui)
+    except MlflowUnavailable as e:
+        raise Problem(503, str(e), title="Dependency unavailable") from None
+    return {"experiment_id": experiment_id, "status": status, "rows": rows}

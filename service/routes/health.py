@@ -1,0 +1,63 @@
+"""/healthz (the process answers) and /readyz (database, Ray and MLflow each reported)."""
+from __future__ import annotations
+
+import time
+
+import httpx
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from service.deps import get_ctx
+from service.experiments import Context
+from service.ray_jobs import RayUnavailable
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    try:
+        detail = fn()
+        ok = True
+    except Exception as e:  # noqa: BLE001 - each dependency's failure is reported, not raised
+        detail, ok = (str(e).strip().splitlines() or [type(e).__name__])[0][:500], False
+    return {"ok": ok, "detail": detail, "ms": round(1000 * (time.perf_counter() - t), 1)}
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
+def readyz(ctx: Context = Depends(get_ctx)):
+    s = ctx.settings
+
+    def database():
+        with ctx.engine.connect() as c:
+            c.execute(text("SELECT 1"))
+        return ctx.engine.url.render_as_string(hide_password=True)
+
+    def ray():
+        try:
+            return f"{s.ray_address} (Ray {ctx.ray.ping()}, token {'set' if s.ray_token else 'not set'})"
+        except RayUnavailable as e:
+            raise RuntimeError(str(e)) from None
+
+    def mlflow():
+        uri = s.mlflow_tracking_uri.rstrip("/")
+        if not uri.startswith("http"):
+            return uri
+        try:
+            r = httpx.get(f"{uri}/health", timeout=s.request_timeout_s)
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"MLflow at {uri} is unreachable: {e}") from None
+        if r.status_code != 200:
+            raise RuntimeError(f"MLflow at {uri} answered {r.status_code}: {r.text[:200]}")
+        return uri
+
+    checks = {"database": _timed(database), "ray": _timed(ray), "mlflow": _timed(mlflow)}
+    ready = all(c["ok"] for c in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)

@@ -1,0 +1,34 @@
+"""/tables: the paper's tables, reproduced numbers (mean ± std over seeds) next to the published ones."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from service.deps import get_ctx
+from service.experiments import Context, MlflowUnavailable
+from service.problems import Problem
+from service.results import paper_comparison, rho_ablation
+
+router = APIRouter(prefix="/tables", tags=["tables"])
+Filter = Annotated[list[str] | None, Query(description="only these experiments (repeatable); default: all",
+                                           max_length=100)]
+
+
+def _table(ctx: Context, fn, experiment_id):
+    try:
+        return ctx.mlflow_call(fn, experiment_id or None)
+    except MlflowUnavailable as e:
+        raise Problem(503, str(e), title="Dependency unavailable") from None
+
+
+@router.get("/rho-ablation")
+def rho_table(ctx: Context = Depends(get_ctx), experiment_id: Filter = None):
+    """AAAI Table 2's shape: Si-BNN top-1 against ρ, per dataset and architecture."""
+    return _table(ctx, rho_ablation, experiment_id)
+
+
+@router.get("/paper-comparison")
+def comparison_table(ctx: Context = Depends(get_ctx), experiment_id: Filter = None):
+    """Si-BNN vs sign-BNN vs full precision per architecture, with METHOD.md §5's numbers beside them."""
+    return _table(ctx, paper_comparison, experiment_id)

@@ -1,0 +1,82 @@
+"""Service settings, read from the environment (``SIBNN_*``; a few standard Ray/MLflow names are accepted too).
+
+| env | default | what |
+|---|---|---|
+| SIBNN_HOME | ~/.sibnn | state folder of the embedded stack (SQLite file, runs, logs) |
+| SIBNN_DATABASE_URL | sqlite:///$SIBNN_HOME/sibnn.db | SQLAlchemy URL; ``postgresql://`` uses psycopg 3 |
+| SIBNN_RAY_ADDRESS | http://127.0.0.1:8265 | the Ray cluster's job (dashboard) HTTP address |
+| SIBNN_RAY_AUTH_TOKEN / RAY_AUTH_TOKEN | – | the cluster's token (Ray token authentication) |
+| SIBNN_RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN_PATH | – | or a file holding it (else ~/.ray/auth_token, as Ray) |
+| SIBNN_MLFLOW_TRACKING_URI / MLFLOW_TRACKING_URI | http://127.0.0.1:5000 | MLflow tracking server |
+| SIBNN_MLFLOW_UI_URL | the tracking URI | base of the MLflow links in answers |
+| SIBNN_JOB_MLFLOW_TRACKING_URI | the tracking URI | MLflow as the Ray job sees it (compose service names) |
+| SIBNN_STORAGE_PATH | $SIBNN_HOME/runs | checkpoints and Tune state, a path every Ray node sees |
+| SIBNN_API_TOKEN | – | bearer token for every request that changes state (none set: such requests get 401) |
+| SIBNN_HOST / SIBNN_PORT | 127.0.0.1 / 8000 | bind address of ``sibnn up`` / ``python -m service`` |
+"""
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIBNN_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(Path.home() / ".sibnn", description="state folder of the embedded stack")
+    database_url: str | None = Field(None, description="SQLAlchemy URL (SQLite file in home by default)")
+    ray_address: str = Field("http://127.0.0.1:8265", description="Ray job submission (dashboard) address")
+    ray_auth_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SIBNN_RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN", "ray_auth_token"))
+    ray_auth_token_path: Path | None = Field(
+        None, validation_alias=AliasChoices("SIBNN_RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN_PATH", "ray_auth_token_path"))
+    mlflow_tracking_uri: str = Field(
+        "http://127.0.0.1:5000",
+        validation_alias=AliasChoices("SIBNN_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
+    mlflow_ui_url: str | None = None
+    job_mlflow_tracking_uri: str | None = None
+    storage_path: Path | None = None
+    api_token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # The Ray job runs `{job_python} -m jobs.run ...`: the project's interpreter, not whatever `python` is on PATH.
+    job_python: str = sys.executable
+    job_pythonpath: str = str(REPO_ROOT)
+    check_dataset_paths: bool = Field(True, description="422 when dataset.root does not exist here")
+    auto_migrate: bool = Field(True, description="run the Alembic migrations at start-up")
+    reconcile_interval_s: float = Field(2.0, gt=0)
+    submit_grace_s: float = Field(30.0, ge=0, description="age after which an unsubmitted experiment is resubmitted")
+    max_attempts: int = Field(3, ge=1, description="submissions of one experiment (Ray cluster restarts)")
+    max_active_experiments: int = Field(8, ge=1)
+    max_trials: int = Field(512, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0)
+    trials_cache_s: float = Field(1.0, ge=0, description="how stale per-trial state from MLflow may be")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'sibnn.db'}"
+
+    @property
+    def runs_path(self) -> Path:
+        return self.storage_path or self.home / "runs"
+
+    @property
+    def mlflow_ui(self) -> str:
+        return (self.mlflow_ui_url or self.mlflow_tracking_uri).rstrip("/")
+
+    @cached_property
+    def ray_token(self) -> str | None:
+        """The Ray cluster's token: the variable, else the token file, else Ray's own default file."""
+        if self.ray_auth_token is not None:
+            return self.ray_auth_token.get_secret_value().strip() or None
+        for path in (self.ray_auth_token_path, Path.home() / ".ray" / "auth_token"):
+            if path is not None and path.is_file():
+                return path.read_text().strip() or None
+        return None

@@ -1,0 +1,174 @@
+"""The compose services' own command lines and environment, run as local processes: PostgreSQL initialised by the
+compose init script, `mlflow server` on it, `ray start --head` through the image's entrypoint, and the API's uvicorn
+command. Container names become 127.0.0.1, ports become free ones, container paths become private temp dirs —
+nothing else changes, so what is proven is the compose wiring: the API's /readyz reports the database, Ray (with the
+shared token) and MLflow OK, MLflow answers the compose Host header, and artifacts go through MLflow's proxy."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service import stack
+from tests.deploy.deployment import DOCKER, REPO, TEST_SECRETS, command, environment, load_compose
+from tests.servers import VENV_BIN, free_port, stop_process_group, wait_http
+
+pytestmark = pytest.mark.slow
+
+PORT_FLAGS = {"ray-head": ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port"),
+              "mlflow": ("--port",), "api": ("--port",)}
+NAMED = {"postgres": 5432, "mlflow": 5000, "ray-head": 8265}  # service → the port other services dial
+
+
+class Translation:
+    """Container world → this machine: service names, ports, paths and the image's executables."""
+
+    def __init__(self, root: Path, ports: dict[str, int]):
+        self.ports = ports  # service → local port of NAMED[service]
+        ray_tmp = Path(tempfile.mkdtemp(prefix="sibnn-dr-", dir="/tmp"))  # short: Ray's socket path limit
+        self.paths = {"/var/lib/sibnn/runs": root / "runs", "/var/lib/sibnn/api": root / "api-home",
+                      "/mlflow/artifacts": root / "mlflow-artifacts", "/tmp/ray": ray_tmp,
+                      "/opt/venv/bin/python": Path(sys.executable), "/app": REPO}
+        for p in self.paths.values():
+            if not p.exists():
+                p.mkdir(parents=True)
+
+    def value(self, v: str) -> str:
+        for service, port in self.ports.items():
+            v = v.replace(f"{service}:{NAMED[service]}", f"127.0.0.1:{port}")
+        if v == "0.0.0.0":
+            return "127.0.0.1"
+        return str(self.paths.get(v, v))
+
+    def argv(self, service: str, argv: list[str], ports: dict[str, int]) -> list[str]:
+        out = [str(VENV_BIN / argv[0]) if (VENV_BIN / argv[0]).exists() else argv[0]]
+        for i, a in enumerate(argv[1:], 1):
+            if argv[i - 1] in ports:
+                out.append(str(ports[argv[i - 1]]))
+            elif argv[i - 1] == "--allowed-hosts":
+                # Host headers: the compose names stay (checked below); clients here dial 127.0.0.1:<port> instead
+                # of mlflow:5000, so the translated form of each service name is allowed as well.
+                hosts = a.split(",")
+                out.append(",".join(hosts + [self.value(h) for h in hosts if self.value(h) != h]))
+            else:
+                out.append(self.value(a))
+        return out
+
+    def env(self, compose_env: dict[str, str]) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "SIBNN_"))}
+        base.update({k: self.value(v) for k, v in compose_env.items()})
+        base["RAY_USAGE_STATS_ENABLED"] = "0"
+        return base
+
+
+def _spawn(name: str, argv: list[str], env: dict, logs: Path) -> subprocess.Popen:
+    with open(logs / f"{name}.log", "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=REPO, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def compose_stack(tmp_path_factory):
+    if not (stack.PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {stack.PG_BIN}")
+    services = load_compose()["services"]
+    root = tmp_path_factory.mktemp("compose")
+    logs = root / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+    pg = stack.start_postgres()
+    tr = None
+    try:
+        ports = {"postgres": pg.port, "mlflow": free_port(), "ray-head": free_port()}
+        tr = Translation(root, ports)
+        # postgres: the compose init script, with the compose environment, against the private cluster
+        init_env = {**tr.env(environment(services["postgres"])), "PGHOST": "127.0.0.1", "PGPORT": str(pg.port),
+                    "PATH": f"{stack.PG_BIN}:{os.environ['PATH']}"}
+        r = subprocess.run(["sh", str(DOCKER / "postgres" / "init-databases.sh")], env=init_env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+        head_ports = {"--port": free_port(), "--dashboard-port": ports["ray-head"],
+                      "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port()}
+        ray_argv = tr.argv("ray-head", command(services["ray-head"]), head_ports)
+        procs.append(_spawn("ray-head", ["sh", str(DOCKER / "entrypoint.sh"), *ray_argv],
+                            tr.env(environment(services["ray-head"])), logs))
+        ml_argv = tr.argv("mlflow", command(services["mlflow"]), {"--port": ports["mlflow"]})
+        procs.append(_spawn("mlflow", ml_argv, tr.env(environment(services["mlflow"])), logs))
+        wait_http(f"http://127.0.0.1:{ports['mlflow']}/health", 180, procs[-1], logs / "mlflow.log")
+        wait_http(f"http://127.0.0.1:{ports['ray-head']}/api/gcs_healthz", 180, procs[0], logs / "ray-head.log")
+
+        api_port = free_port()
+        api_argv = tr.argv("api", command(services["api"]), {"--port": api_port})
+        procs.append(_spawn("api", ["sh", str(DOCKER / "entrypoint.sh"), *api_argv],
+                            tr.env(environment(services["api"])), logs))
+        api = f"http://127.0.0.1:{api_port}"
+        wait_http(f"{api}/healthz", 90, procs[-1], logs / "api.log")
+        yield {"api": api, "mlflow": f"http://127.0.0.1:{ports['mlflow']}", "root": root, "argv": ray_argv,
+               "logs": logs, "ray_dashboard": f"http://127.0.0.1:{ports['ray-head']}"}
+    finally:
+        for p in reversed(procs):
+            stop_process_group(p)
+        pg.stop()
+        if tr is not None:
+            shutil.rmtree(tr.paths["/tmp/ray"], ignore_errors=True)
+
+
+def test_readyz_reports_the_postgres_database_ray_with_the_token_and_mlflow(compose_stack):
+    for _ in range(60):  # the dashboard's job API comes up a little after the GCS
+        r = httpx.get(f"{compose_stack['api']}/readyz", timeout=30)
+        if r.status_code == 200:
+            break
+        time.sleep(1)
+    body = r.json()
+    assert r.status_code == 200, (body, (compose_stack["logs"] / "api.log").read_text()[-2000:])
+    checks = body["checks"]
+    assert checks["database"]["ok"] and "postgresql+psycopg://sibnn:" in checks["database"]["detail"]
+    assert checks["database"]["detail"].endswith("/sibnn")
+    assert checks["ray"]["ok"] and "token set" in checks["ray"]["detail"]
+    assert checks["mlflow"]["ok"]
+
+
+def test_the_ray_head_refuses_requests_without_the_shared_token(compose_stack):
+    url = f"{compose_stack['ray_dashboard']}/api/jobs/"
+    assert httpx.get(url, timeout=10).status_code == 401
+    ok = httpx.get(url, headers={"Authorization": f"Bearer {TEST_SECRETS['RAY_AUTH_TOKEN']}"}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_mlflow_answers_the_compose_host_names_and_refuses_others(compose_stack):
+    url = f"{compose_stack['mlflow']}/api/2.0/mlflow/experiments/search?max_results=1"
+    for host in ("mlflow:5000", "mlflow", "localhost:5000"):
+        assert httpx.get(url, headers={"Host": host}, timeout=10).status_code == 200, host
+    assert httpx.get(url, headers={"Host": "evil.example:5000"}, timeout=10).status_code == 403
+    # /health says 200 whatever the Host: it alone cannot prove the allowed hosts
+    assert httpx.get(f"{compose_stack['mlflow']}/health", headers={"Host": "evil.example:5000"},
+                     timeout=10).status_code == 200
+
+
+def test_artifacts_travel_through_mlflows_proxy_onto_its_volume(compose_stack):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=compose_stack["mlflow"])
+    exp = client.create_experiment(f"deploy-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(exp)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    stored = list((compose_stack["root"] / "mlflow-artifacts").rglob("note.txt"))
+    assert [p.read_text() for p in stored] == ["hello"]
+
+
+def test_state_changing_requests_need_the_api_token_from_env(compose_stack):
+    r = httpx.post(f"{compose_stack['api']}/experiments", json={}, timeout=30)
+    assert r.status_code == 401
+    r = httpx.post(f"{compose_stack['api']}/experiments", json={},
+                   headers={"Authorization": f"Bearer {TEST_SECRETS['SIBNN_API_TOKEN']}"}, timeout=30)
+    assert r.status_code == 422  # past the token check: the empty spec is what is refused

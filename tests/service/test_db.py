@@ -1,0 +1,71 @@
+"""Persistence on SQLite and a real PostgreSQL: migrations, constraints, aware timestamps."""
+import datetime as dt
+
+import pytest
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from service import db
+from service.db import Attempt, Experiment, IdempotencyKey
+
+
+def _experiment(exp_id="e1", **kw):
+    exp = Experiment(id=exp_id, name="n", spec_json="{}", spec_fingerprint="f" * 64, n_trials=1, status=db.PENDING,
+                     attempt=1, cancel_requested=False, **kw)
+    exp.attempts.append(Attempt(number=1, submission_id=db.submission_id(exp_id, 1)))
+    return exp
+
+
+def test_migrations_create_the_schema_and_downgrade_removes_it(db_url):
+    db.migrate(db_url)
+    engine = db.make_engine(db_url)
+    assert {"experiments", "attempts", "idempotency_keys", "alembic_version"} <= set(inspect(engine).get_table_names())
+    db.downgrade(db_url, "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    db.migrate(db_url)  # and up again
+    assert "experiments" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_an_experiment_round_trips_with_its_attempts_and_aware_timestamps(db_url):
+    db.migrate(db_url)
+    engine = db.make_engine(db_url)
+    sessions = db.session_factory(engine)
+    with sessions() as s:
+        s.add(_experiment())
+        s.commit()
+    with sessions() as s:
+        exp = s.get(Experiment, "e1")
+        assert exp.submission_id == "e1-1" and exp.current_attempt.submission_id == "e1-1"
+        assert exp.created_at.tzinfo is not None
+        assert abs((dt.datetime.now(dt.timezone.utc) - exp.created_at).total_seconds()) < 60
+    engine.dispose()
+
+
+def test_a_ray_submission_id_is_unique(db_url):
+    db.migrate(db_url)
+    engine = db.make_engine(db_url)
+    sessions = db.session_factory(engine)
+    with sessions() as s:
+        s.add(_experiment())
+        s.commit()
+        s.add(Attempt(experiment_id="e1", number=2, submission_id="e1-1"))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    engine.dispose()
+
+
+def test_an_idempotency_key_is_taken_once(db_url):
+    db.migrate(db_url)
+    engine = db.make_engine(db_url)
+    sessions = db.session_factory(engine)
+    with sessions() as s:
+        s.add(IdempotencyKey(key="k", fingerprint="a" * 64))
+        s.commit()
+    with sessions() as s:
+        s.add(IdempotencyKey(key="k", fingerprint="b" * 64))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    with sessions() as s:
+        assert s.scalars(select(IdempotencyKey.fingerprint)).all() == ["a" * 64]
+    engine.dispose()

@@ -1,0 +1,50 @@
+"""The reconciler keeps status in step with Ray; a job the cluster forgot (it restarted) is resubmitted."""
+import datetime as dt
+
+import pytest
+
+from jobs.spec import parse_spec
+from service import db
+from service.db import Attempt, Experiment
+from service.experiments import Context, cancel_experiment, reconcile_once
+from tests.service.conftest import cancel_and_wait, live_settings, ray_job_status, small_digits
+
+pytestmark = pytest.mark.slow
+
+
+def _running_experiment(ctx: Context, exp_id: str, attempt: int = 1):
+    """An experiment that was RUNNING on a Ray cluster which has since restarted (Ray does not know its job)."""
+    spec = parse_spec(small_digits("lost", epochs=50))
+    with ctx.sessions() as s:
+        s.add(Experiment(id=exp_id, name=spec.name, spec_json=spec.model_dump_json(),
+                         spec_fingerprint=spec.fingerprint(), n_trials=2, status=db.RUNNING, attempt=attempt,
+                         cancel_requested=False))
+        s.add(Attempt(experiment_id=exp_id, number=attempt, submission_id=db.submission_id(exp_id, attempt),
+                      submitted_at=db.utcnow() - dt.timedelta(minutes=5)))
+        s.commit()
+
+
+def test_a_job_the_cluster_forgot_is_resubmitted_as_the_next_attempt(servers, tmp_path):
+    ctx = Context.from_settings(live_settings(servers, tmp_path))
+    _running_experiment(ctx, "lostjob1")
+    assert reconcile_once(ctx) == 1
+    with ctx.sessions() as s:
+        exp = s.get(Experiment, "lostjob1")
+        assert (exp.attempt, exp.status) == (2, db.PENDING)
+        assert "lost attempt 1" in exp.reason
+        assert [(a.number, a.ray_status, a.submitted_at is not None) for a in exp.attempts] == [
+            (1, "LOST", True), (2, None, True)]
+    assert ray_job_status(servers, "lostjob1-2") in ("PENDING", "RUNNING")
+    cancel_and_wait(servers, lambda: cancel_experiment(ctx, "lostjob1"), "lostjob1-2")  # free the cluster
+    ctx.engine.dispose()
+
+
+def test_after_max_attempts_a_lost_job_fails_with_the_reason(servers, tmp_path):
+    ctx = Context.from_settings(live_settings(servers, tmp_path, max_attempts=2))
+    _running_experiment(ctx, "lostjob2", attempt=2)
+    reconcile_once(ctx)
+    with ctx.sessions() as s:
+        exp = s.get(Experiment, "lostjob2")
+        assert exp.status == db.FAILED and "lost the job 2 times" in exp.reason
+        assert exp.finished_at is not None
+    ctx.engine.dispose()

@@ -1,0 +1,40 @@
+"""Settings come from the environment; Ray's own variable names work too."""
+from pathlib import Path
+
+from service.settings import Settings
+
+
+def test_defaults_are_an_embedded_local_setup(monkeypatch, tmp_path):
+    for k in ("SIBNN_DATABASE_URL", "SIBNN_RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN", "SIBNN_API_TOKEN", "MLFLOW_TRACKING_URI",
+              "SIBNN_MLFLOW_TRACKING_URI", "SIBNN_HOST"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SIBNN_HOME", str(tmp_path))
+    s = Settings()
+    assert s.db_url == f"sqlite:///{tmp_path / 'sibnn.db'}"
+    assert s.host == "127.0.0.1"
+    assert s.runs_path == tmp_path / "runs"
+    assert s.api_token is None
+
+
+def test_environment_overrides_with_service_and_standard_names(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIBNN_DATABASE_URL", "postgresql://u@db/sibnn")
+    monkeypatch.setenv("SIBNN_RAY_ADDRESS", "http://ray-head:8265")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "cluster-token")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000/")
+    monkeypatch.setenv("SIBNN_API_TOKEN", "api-secret")
+    monkeypatch.setenv("SIBNN_PORT", "9000")
+    s = Settings()
+    assert s.db_url == "postgresql://u@db/sibnn"
+    assert (s.ray_address, s.ray_token) == ("http://ray-head:8265", "cluster-token")
+    assert s.mlflow_ui == "http://mlflow:5000"
+    assert s.api_token.get_secret_value() == "api-secret" and "api-secret" not in repr(s)
+    assert s.port == 9000
+
+
+def test_ray_token_is_read_from_the_token_file(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("SIBNN_RAY_AUTH_TOKEN", raising=False)
+    f = tmp_path / "auth_token"
+    f.write_text("from-file\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(f))
+    assert Settings().ray_token == "from-file"
