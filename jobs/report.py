@@ -18,7 +18,7 @@ from jobs import tracking  # noqa: E402
 
 CSV_COLUMNS = ("trial_id", "arch", "binarizer", "rho", "seed", "state", "epochs", "final_top1", "final_top5",
                "best_top1", "best_top5", "sparsity", "theta_mean", "delta_mean", "wall_time_s", "images_per_s",
-               "packed_bytes", "run_id", "best_checkpoint")
+               "packed_bytes", "packed_file_bytes", "packed_latency_ms", "run_id", "best_checkpoint")
 
 
 def results_csv(rows: list[dict]) -> str:

@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sibnn.models import list_models
-from sibnn.quant import BINARIZERS
 
 SPEC_VERSION = 1
 DATASET_KINDS = ("imagenet", "cifar10", "mnist", "digits", "synthetic")

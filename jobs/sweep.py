@@ -132,9 +132,30 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
         client.log_text(run_id, str(summary), "model_summary.txt")
         client.log_dict(run_id, summary.to_dict(), "model_summary.json")
         final.update(packed_bytes=summary.totals["packed_bytes"], fp32_bytes=summary.totals["fp32_bytes"])
+        if trial.binarizer == "sibnn":
+            final.update(_export_packed(client, run_id, model.eval(), cfg, (1, cfg.get("in_channels", 3), size, size)))
     ts = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in final.items()])
     tracking.set_trial_state(client, run_id, "FINISHED")
+
+
+def _export_packed(client, run_id: str, model, cfg: dict, input_shape: tuple) -> dict:
+    """The best checkpoint as a bit-packed CPU model (sibnn.infer, int8 FP layers): the file goes to the trial's
+    run, with its size and its median batch-1 latency on this CPU."""
+    import tempfile
+
+    import torch
+
+    from sibnn.infer import pack_model
+    from sibnn.infer.runtime import median_latency
+
+    packed = pack_model(model, cfg, fp_dtype="int8")
+    latency = median_latency(packed, torch.randn(input_shape), repeats=5)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.sibnn"
+        size = packed.save(path)
+        client.log_artifact(run_id, str(path))
+    return {"packed_file_bytes": size, "packed_latency_ms": 1e3 * latency}
 
 
 def _input_size(spec: ExperimentSpec, trial: TrialSpec) -> int:

@@ -11,7 +11,7 @@ import math
 import os
 import time
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from jobs.spec import ExperimentSpec, TrialSpec
@@ -29,7 +29,7 @@ EPOCH_METRICS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "v
                  "theta_mean", "delta_mean", "images_per_s", "epoch_seconds")
 # Written once at the end of a trial.
 FINAL_METRICS = ("best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5", "wall_time_s",
-                 "packed_bytes", "fp32_bytes")
+                 "packed_bytes", "fp32_bytes", "packed_file_bytes", "packed_latency_ms")
 
 
 def experiment_name(experiment_id: str) -> str:
@@ -159,7 +159,8 @@ def result_row(run) -> dict:
         "best_top1": m.get("best_val_top1"), "best_top5": m.get("best_val_top5"),
         "sparsity": m.get("sparsity_mean"), "theta_mean": m.get("theta_mean"), "delta_mean": m.get("delta_mean"),
         "wall_time_s": m.get("wall_time_s"), "images_per_s": m.get("images_per_s"),
-        "packed_bytes": m.get("packed_bytes"), "run_id": run.info.run_id,
+        "packed_bytes": m.get("packed_bytes"), "packed_file_bytes": m.get("packed_file_bytes"),
+        "packed_latency_ms": m.get("packed_latency_ms"), "run_id": run.info.run_id,
         "best_checkpoint": t.get(TAG_BEST_CHECKPOINT),
     }
 

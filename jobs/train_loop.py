@@ -106,7 +106,8 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(checkpoint_dict(model, optimizer, scheduler, st,
-                                           {"trial": trial.model_dump(), "num_classes": num_classes,
+                                           {"arch": trial.arch, "binarizer": trial.binarizer, "rho": trial.rho,
+                                            "num_classes": num_classes, "trial": trial.model_dump(),
                                             **model_kwargs(trial.arch, input_shape)}), Path(d) / CHECKPOINT_FILE)
                 ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
             # An epoch can run twice: when the cluster dies after MLflow got it but before Train recorded its

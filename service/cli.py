@@ -184,12 +184,14 @@ def _print_results(api: Api, exp_id: str) -> None:
     res = api.results(exp_id)
     t = Table(title=f"results of {exp_id} ({res['status']})")
     for col in ("trial", "binarizer", "ρ", "seed", "state", "epochs", "top-1", "best top-1", "top-5", "sparsity",
-                "img/s", "wall s"):
+                "img/s", "wall s", "packed KB", "CPU ms"):
         t.add_column(col, justify="left" if col in ("trial", "binarizer", "state") else "right")
     for r in res["rows"]:
         t.add_row(r["trial_id"], r["binarizer"], _fmt(r["rho"], "g"), str(r["seed"]), r["state"], str(r["epochs"]),
                   _fmt(r["final_top1"]), _fmt(r["best_top1"]), _fmt(r["final_top5"]), _fmt(r["sparsity"], ".3f"),
-                  _fmt(r["images_per_s"], ".0f"), _fmt(r["wall_time_s"], ".1f"))
+                  _fmt(r["images_per_s"], ".0f"), _fmt(r["wall_time_s"], ".1f"),
+                  _fmt(r["packed_file_bytes"] / 1024 if r.get("packed_file_bytes") else None, ".0f"),
+                  _fmt(r.get("packed_latency_ms"), ".2f"))
     console.print(t)
 
 

@@ -136,7 +136,7 @@ def logs(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx),
 @router.get("/{experiment_id}/results", responses={404: PROBLEM, 503: PROBLEM})
 def results(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
     """One row per trial: arch, binarizer, ρ, seed, final and best top-1/top-5, sparsity, epochs, wall time,
-    images/s, MLflow link."""
+    images/s, MLflow link, and for Si-BNN trials the bit-packed CPU model's file size and batch-1 latency."""
     with ctx.sessions() as s:
         exp = get_or_404(s, experiment_id)
         status = exp.status

@@ -55,6 +55,14 @@ def readyz(ctx: Context = Depends(get_ctx)):
             raise RuntimeError(f"MLflow at {uri} is unreachable: {e}") from None
         if r.status_code != 200:
             raise RuntimeError(f"MLflow at {uri} answered {r.status_code}: {r.text[:200]}")
+        # /health is exempt from MLflow's Host-header check (≥ 3.5); a real API call is not, so ask one.
+        r = httpx.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                      timeout=s.request_timeout_s)
+        if r.status_code == 403:
+            raise RuntimeError(f"MLflow at {uri} refuses this Host header (403): add it to the server's "
+                               "--allowed-hosts")
+        if r.status_code != 200:
+            raise RuntimeError(f"MLflow at {uri} answered {r.status_code} to an API call: {r.text[:200]}")
         return uri
 
     checks = {"database": _timed(database), "ray": _timed(ray), "mlflow": _timed(mlflow)}

@@ -80,6 +80,10 @@ def test_grid_on_digits_yields_child_runs_under_one_parent(local_ray, mlflow_uri
     for r in rows.values():
         assert r["epochs"] == 2 and 0 < r["final_top1"] <= 100 and r["best_top1"] >= r["final_top1"]
     assert rows["digits_cnn-sign-s0"]["sparsity"] == 0.0, "sign codes are never zero"
+    packed = rows["digits_cnn-sibnn-rho0.3-s0"]
+    assert 0 < packed["packed_file_bytes"] < packed["packed_bytes"] * 2 and packed["packed_latency_ms"] > 0
+    assert rows["digits_cnn-sign-s0"]["packed_file_bytes"] is None, "only Si-BNN models are packed"
+    assert "model.sibnn" in {a.path for a in c.list_artifacts(packed["run_id"])}
     assert 0.0 < rows["digits_cnn-sibnn-rho0.3-s0"]["sparsity"] < 1.0
     parent = c.get_run(out.parent_run_id)
     assert parent.info.status == "FINISHED"

@@ -2,7 +2,6 @@
 checkpoints: every trial ends FINISHED in its one MLflow run, with no epoch missing."""
 import time
 
-import httpx
 import pytest
 
 from jobs import tracking

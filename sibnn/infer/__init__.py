@@ -1,0 +1,61 @@
+"""Bit-packed Si-BNN inference on the CPU, bit-exact against the trained model in eval mode (issue 7).
+
+    from sibnn.infer import export_model, PackedModel
+    size = export_model(model_or_checkpoint, "model.sibnn", fp_dtype="int8")
+    packed = PackedModel.load("model.sibnn")
+    logits = packed(images)
+
+``export`` folds every binarizer (θ, s and the BatchNorms before it) into a per-channel comparison and packs the
+binary weights 64 to a word (``export.py``); ``runtime.PackedModel`` runs the program with AND + popcount kernels
+(``kernels.py`` over ``csrc/bitkernels.c``), whose readable PyTorch twin is ``reference.py``. Command line:
+``python -m sibnn.infer export|predict|bench``.
+"""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sibnn.infer.export import ExportError, export_program
+from sibnn.infer.format import FORMAT_VERSION, PackedFormatError, load_packed, save_packed
+from sibnn.infer.runtime import PackedModel
+
+__all__ = ["ExportError", "FORMAT_VERSION", "PackedFormatError", "PackedModel", "export_model", "load_checkpoint_model",
+           "load_packed", "save_packed",
+           "pack_model"]
+
+
+def load_checkpoint_model(checkpoint) -> tuple[nn.Module, dict]:
+    """(model in eval mode, config) from a checkpoint path or dict written by ``sibnn.train --save`` / the jobs."""
+    from sibnn.models import create_model
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False) if isinstance(checkpoint, (str, Path)) \
+        else checkpoint
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ExportError(f"{checkpoint}: not a sibnn checkpoint (needs 'model' and 'config' entries)")
+    cfg = dict(ckpt["config"])
+    missing = [k for k in ("arch", "binarizer") if k not in cfg]
+    if missing:
+        raise ExportError(f"checkpoint config lacks {', '.join(missing)}")
+    kw = {k: cfg[k] for k in ("in_channels", "input_size") if k in cfg}
+    model = create_model(cfg["arch"], cfg["binarizer"], cfg.get("rho", 0.3), cfg.get("num_classes"), **kw)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+def pack_model(model: nn.Module, config: dict | None = None, fp_dtype: str = "float32") -> PackedModel:
+    """The packed model of a trained ``model`` (any registry arch with the sibnn binarizer), in memory."""
+    program, tensors, layers = export_program(model, fp_dtype)
+    meta = {"fp_dtype": fp_dtype, "binary_layers": layers, "exported": datetime.date.today().isoformat()}
+    return PackedModel(program, tensors, dict(config or {}), meta)
+
+
+def export_model(model_or_checkpoint, path, config: dict | None = None, fp_dtype: str = "float32") -> int:
+    """Export a model (with ``config``) or a checkpoint (path or dict) to the packed file ``path``; returns its
+    size in bytes."""
+    if isinstance(model_or_checkpoint, nn.Module):
+        model, cfg = model_or_checkpoint, config or {}
+    else:
+        model, cfg = load_checkpoint_model(model_or_checkpoint)
+    return pack_model(model, cfg, fp_dtype).save(path)

@@ -1,0 +1,167 @@
+"""Fast kernels: ``csrc/bitkernels.c`` compiled on first use with gcc (-O3 -march=native -fopenmp) and called
+through ctypes; the same signatures as ``reference.py``.
+
+The shared object is cached under ``$SIBNN_CACHE`` (default ``~/.cache/sibnn``) keyed by the source, the flags and
+this CPU's feature flags, so a cache shared between different machines never runs code built for another CPU
+(that is the guard -march=native needs). ``SIBNN_INFER_PORTABLE=1`` builds without -march=native (scalar
+popcount, no AVX-512); without gcc, or with ``SIBNN_INFER_BACKEND=reference``, the reference kernels run instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from sibnn.infer import reference
+
+_SRC = Path(__file__).with_name("csrc") / "bitkernels.c"
+_lib = None
+_lib_error: str | None = None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def _flags() -> list[str]:
+    portable = os.environ.get("SIBNN_INFER_PORTABLE", "") not in ("", "0")
+    return ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"] + ([] if portable else ["-march=native"])
+
+
+def _build() -> ctypes.CDLL:
+    flags = _flags()
+    key = hashlib.sha256(_SRC.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("SIBNN_CACHE", Path.home() / ".cache" / "sibnn"))
+    so = cache / f"bitkernels-{key}.so"
+    if not so.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then rename: safe under concurrency
+            out = Path(tmp) / so.name
+            cc = os.environ.get("CC", "gcc")
+            subprocess.run([cc, *flags, "-o", str(out), str(_SRC)], check=True, capture_output=True, text=True)
+            os.replace(out, so)
+    lib = ctypes.CDLL(str(so))
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.sibnn_threshold_pack.argtypes = [ptr, i64, i64, ptr, ptr, ptr, c_int]
+    lib.sibnn_im2col.argtypes = [ptr, i64, i64, i64, i64, i64, i64, i64, i64, i64, ptr, c_int]
+    lib.sibnn_bgemm.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64, c_int]
+    lib.sibnn_has_avx512.restype = c_int
+    return lib
+
+
+def library():
+    """The compiled kernels, or None (with one warning) when they cannot be built here."""
+    global _lib, _lib_error
+    if _lib is None and _lib_error is None:
+        if os.environ.get("SIBNN_INFER_BACKEND", "") == "reference":
+            _lib_error = "SIBNN_INFER_BACKEND=reference"
+        else:
+            try:
+                _lib = _build()
+            except (OSError, subprocess.CalledProcessError) as e:
+                detail = getattr(e, "stderr", "") or str(e)
+                _lib_error = f"could not build {_SRC.name}: {detail.strip()[:500]}"
+                warnings.warn(f"sibnn.infer: {_lib_error}; using the (slow) PyTorch reference kernels")
+    return _lib
+
+
+def backend() -> str:
+    lib = library()
+    if lib is None:
+        return "reference"
+    return "c-avx512" if lib.sibnn_has_avx512() else "c-scalar"
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def threshold_pack(x: torch.Tensor, sign: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    lib = library()
+    if lib is None:
+        return reference.threshold_pack(x, sign, T)
+    if x.dim() == 4:
+        n, c, h, w = x.shape
+        xl = x.permute(0, 2, 3, 1).contiguous()  # a no-op view for channels_last inputs
+        out = torch.empty(n, h, w, reference.words(c), dtype=torch.int64)
+        rows, L = n * h * w, c
+    else:
+        xl = x.contiguous()
+        rows, L = x.shape
+        out = torch.empty(rows, reference.words(L), dtype=torch.int64)
+    xl = xl.float()
+    lib.sibnn_threshold_pack(xl.data_ptr(), rows, L, sign.data_ptr(), T.data_ptr(), out.data_ptr(), _threads())
+    return out
+
+
+def block_weights(weight_packed: torch.Tensor) -> torch.Tensor:
+    """(Co, ..., Lw) words → (ceil(Co/16), L, 16): 16 output channels side by side, zero filters as padding."""
+    co = weight_packed.shape[0]
+    w = weight_packed.reshape(co, -1)
+    co_pad = -(-co // 16) * 16
+    w = torch.cat([w, w.new_zeros(co_pad - co, w.shape[1])]) if co_pad != co else w
+    return w.view(co_pad // 16, 16, -1).transpose(1, 2).contiguous()
+
+
+def _bgemm(A: torch.Tensor, rows: int, blocked: torch.Tensor, co: int, epilogue=None) -> torch.Tensor:
+    """``epilogue`` = (scale, shift, residual or None), scale/shift padded to Co_pad, residual (rows, Co_pad)."""
+    lib = library()
+    L = blocked.shape[1]
+    co_pad = blocked.shape[0] * 16
+    out = torch.empty(A.shape[0], co_pad, dtype=torch.float32)
+    scale = shift = res = None
+    if epilogue is not None:
+        scale, shift, res = epilogue
+    lib.sibnn_bgemm(A.data_ptr(), A.shape[0], L, blocked.data_ptr(), co_pad, out.data_ptr(),
+                    scale.data_ptr() if scale is not None else None, shift.data_ptr() if shift is not None else None,
+                    res.data_ptr() if res is not None else None, rows, _threads())
+    return out[:rows, :co]
+
+
+def binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding, blocked=None, epilogue=None):
+    """As ``reference.binary_conv2d``; returns (N, Co, Ho, Wo) in channels_last memory format. ``epilogue`` =
+    (scale, shift, residual or None) fuses ``m·scale + shift (+ residual)`` per output channel (Co % 16 == 0)."""
+    lib = library()
+    if lib is None:
+        return reference.binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding)
+    n, h, w, cw = packed.shape
+    k = kernel_size
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    rows = n * ho * wo
+    A = torch.zeros(-(-rows // 4) * 4, k * k * cw, dtype=torch.int64)
+    lib.sibnn_im2col(packed.contiguous().data_ptr(), n, h, w, cw, k, stride, padding, ho, wo, A.data_ptr(),
+                     _threads())
+    blocked = block_weights(weight_packed) if blocked is None else blocked
+    co = weight_packed.shape[0]
+    if epilogue is not None:
+        scale, shift, res = epilogue
+        if co % 16:
+            raise ValueError("the fused epilogue needs a multiple of 16 output channels")
+        res = res.permute(0, 2, 3, 1).contiguous().view(rows, co) if res is not None else None
+        epilogue = (scale.contiguous(), shift.contiguous(), res)
+    m = _bgemm(A, rows, blocked, co, epilogue)
+    return m.reshape(n, ho, wo, co).permute(0, 3, 1, 2)
+
+
+def binary_linear(packed, features, weight_packed, blocked=None):
+    lib = library()
+    if lib is None:
+        return reference.binary_linear(packed, features, weight_packed)
+    rows = packed.shape[0]
+    A = packed.contiguous()
+    if rows % 4:
+        A = torch.cat([A, A.new_zeros(4 - rows % 4, A.shape[1])])
+    blocked = block_weights(weight_packed) if blocked is None else blocked
+    return _bgemm(A, rows, blocked, weight_packed.shape[0])
