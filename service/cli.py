@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -124,6 +125,16 @@ def _show_problem(e: ApiError) -> None:
         console.print(f"  [bold]{err.get('field')}[/bold]: {err.get('message')}")
 
 
+@contextlib.contextmanager
+def _exit_on_api_error():
+    """An API error becomes its problem details on the console and exit status 1, not a traceback."""
+    try:
+        yield
+    except ApiError as e:
+        _show_problem(e)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def submit(spec_file: Optional[Path] = typer.Argument(None, help="spec JSON file"),
            preset: Optional[str] = typer.Option(None, help="a preset instead of a file (e.g. digits)"),
@@ -132,11 +143,8 @@ def submit(spec_file: Optional[Path] = typer.Argument(None, help="spec JSON file
            url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
     """Submit an experiment spec (validated by the API; errors name the field)."""
     api = _api(url, token)
-    try:
+    with _exit_on_api_error():
         exp = api.submit(_load_spec(spec_file, preset, epochs), idempotency_key=str(uuid.uuid4()))
-    except ApiError as e:
-        _show_problem(e)
-        raise typer.Exit(1)
     console.print(f"experiment [bold]{exp['id']}[/bold] submitted ({exp['n_trials']} trials): {exp['status']}")
     if wait:
         final = watch(api, exp["id"])
@@ -199,7 +207,7 @@ def _print_results(api: Api, exp_id: str) -> None:
 def status(exp_id: Optional[str] = typer.Argument(None), url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
     """One experiment with its trials, or the list of experiments."""
     api = _api(url, token)
-    try:
+    with _exit_on_api_error():
         if exp_id:
             exp = api.get(exp_id)
             console.print(f"[bold]{exp['id']}[/bold] {exp['name']}: {exp['status']}"
@@ -220,19 +228,13 @@ def status(exp_id: Optional[str] = typer.Argument(None), url: Optional[str] = Ur
             for e in api.list()["items"]:
                 t.add_row(e["id"], e["name"], e["status"], str(e["n_trials"]), e["created_at"][:19], e["reason"] or "")
             console.print(t)
-    except ApiError as e:
-        _show_problem(e)
-        raise typer.Exit(1)
 
 
 @app.command()
 def results(exp_id: str, url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
     """The results table of an experiment (one row per trial)."""
-    try:
+    with _exit_on_api_error():
         _print_results(_api(url, token), exp_id)
-    except ApiError as e:
-        _show_problem(e)
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -240,25 +242,19 @@ def logs(exp_id: str, follow: bool = typer.Option(False, "--follow", "-f"), tail
          url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
     """The Ray job's log (``-f`` follows it until the job ends)."""
     api = _api(url, token)
-    try:
+    with _exit_on_api_error():
         if follow:
             for chunk in api.follow_logs(exp_id, tail):
                 console.out(chunk, end="", highlight=False)
         else:
             console.out(api.logs(exp_id, tail), highlight=False)
-    except ApiError as e:
-        _show_problem(e)
-        raise typer.Exit(1)
 
 
 @app.command()
 def cancel(exp_id: str, url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
     """Cancel: the Ray job is stopped, the experiment ends CANCELLED."""
-    try:
+    with _exit_on_api_error():
         exp = _api(url, token).cancel(exp_id)
-    except ApiError as e:
-        _show_problem(e)
-        raise typer.Exit(1)
     console.print(f"experiment {exp_id}: {exp['status']}")
 
 
@@ -294,11 +290,8 @@ def table(name: str = typer.Argument("paper-comparison", help="paper-comparison 
           experiment_id: Optional[list[str]] = typer.Option(None, "--experiment-id", "-e"),
           url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
     """A paper table aggregated over seeds, reproduced numbers next to the paper's."""
-    try:
+    with _exit_on_api_error():
         _print_table(_api(url, token).table(name, experiment_id))
-    except ApiError as e:
-        _show_problem(e)
-        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Real servers for integration tests, each on a free port with a private data dir, stopped by process id.
+"""Process helpers for integration tests that start servers by their raw command lines (the compose commands);
+the embedded stack's own starters live in ``service.stack``.
 
 Never ``ray stop`` / ``pkill``: other work may run on the same machine.
 """
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -51,23 +51,3 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 15) -> None:
         proc.wait(5)
     except ProcessLookupError:
         pass
-
-
-@contextmanager
-def mlflow_server(workdir: Path):
-    """An MLflow tracking server on a SQLite file (not a file store, not a mock)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = workdir / "mlflow.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--default-artifact-root", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        wait_http(uri + "/health", 90, proc, log)
-        yield uri
-    finally:
-        stop_process_group(proc)

@@ -2,13 +2,15 @@ import os
 
 import pytest
 
-from tests.servers import mlflow_server
+from service import stack
 
 
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
+    """A real MLflow tracking server on a SQLite file, started the way `sibnn up` starts it."""
+    ml = stack.start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    yield ml.url
+    ml.stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,15 @@ def _experiment(exp_id="e1", **kw):
     return exp
 
 
+@pytest.fixture
+def sessions(db_url):
+    """A session factory on a freshly migrated database (SQLite and PostgreSQL, via ``db_url``)."""
+    db.migrate(db_url)
+    engine = db.make_engine(db_url)
+    yield db.session_factory(engine)
+    engine.dispose()
+
+
 def test_migrations_create_the_schema_and_downgrade_removes_it(db_url):
     db.migrate(db_url)
     engine = db.make_engine(db_url)
@@ -27,10 +36,7 @@ def test_migrations_create_the_schema_and_downgrade_removes_it(db_url):
     engine.dispose()
 
 
-def test_an_experiment_round_trips_with_its_attempts_and_aware_timestamps(db_url):
-    db.migrate(db_url)
-    engine = db.make_engine(db_url)
-    sessions = db.session_factory(engine)
+def test_an_experiment_round_trips_with_its_attempts_and_aware_timestamps(sessions):
     with sessions() as s:
         s.add(_experiment())
         s.commit()
@@ -39,26 +45,18 @@ def test_an_experiment_round_trips_with_its_attempts_and_aware_timestamps(db_url
         assert exp.submission_id == "e1-1" and exp.current_attempt.submission_id == "e1-1"
         assert exp.created_at.tzinfo is not None
         assert abs((dt.datetime.now(dt.timezone.utc) - exp.created_at).total_seconds()) < 60
-    engine.dispose()
 
 
-def test_a_ray_submission_id_is_unique(db_url):
-    db.migrate(db_url)
-    engine = db.make_engine(db_url)
-    sessions = db.session_factory(engine)
+def test_a_ray_submission_id_is_unique(sessions):
     with sessions() as s:
         s.add(_experiment())
         s.commit()
         s.add(Attempt(experiment_id="e1", number=2, submission_id="e1-1"))
         with pytest.raises(IntegrityError):
             s.commit()
-    engine.dispose()
 
 
-def test_an_idempotency_key_is_taken_once(db_url):
-    db.migrate(db_url)
-    engine = db.make_engine(db_url)
-    sessions = db.session_factory(engine)
+def test_an_idempotency_key_is_taken_once(sessions):
     with sessions() as s:
         s.add(IdempotencyKey(key="k", fingerprint="a" * 64))
         s.commit()
@@ -68,4 +66,3 @@ def test_an_idempotency_key_is_taken_once(db_url):
             s.commit()
     with sessions() as s:
         assert s.scalars(select(IdempotencyKey.fingerprint)).all() == ["a" * 64]
-    engine.dispose()
