@@ -7,11 +7,17 @@ Baselines, same architecture, same thread count, eval mode, no autograd:
   * "FP32 network": the full-precision model (binarizer="fp": ReLU activations, real weights), the journal's
     comparison (METHOD.md §5);
   * "Si-BNN, PyTorch": the trained binary model as sibnn runs it (float convs, weights binarized in forward).
-Weights and BN statistics are random (timing does not depend on their values; the exactness tests cover values).
+  * "FP network, PyTorch bfloat16": the same FP model converted to bfloat16 once (AMX/AVX512-BF16 through
+    oneDNN), for scale — shown only where the CPU runs bfloat16 natively.
+The int8 packed row's full-precision convs run in the arithmetic ``fpops.int8_compute`` picks (bfloat16 where
+native); "bits ≠ trained" counts the packed model's binary activations that differ from the trained model's on
+the batch-1 input. Weights and BN statistics are random (timing does not depend on their values; the exactness
+tests cover values).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import io
 import os
@@ -23,11 +29,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sibnn.infer import kernels, pack_model
+from sibnn.infer import binary_activations, fpops, kernels, pack_model
 from sibnn.infer.runtime import median_latency
 from sibnn.models import create_model
 from sibnn.quant import SiBinarize
 
+BF16 = "FP network, PyTorch bfloat16 (weights converted once)"
 SIZES = {"resnet18": 224, "alexnet": 227, "vgg_variant": 224}
 
 
@@ -68,18 +75,30 @@ def bench_arch(arch: str, repeats: int, batch: int) -> tuple[list[str], list[str
         packed8 = pack_model(bnn, fp_dtype="int8")
         i8 = packed8.save(Path(tmp) / "i8.sibnn")
     x1, xb = torch.randn(1, 3, size, size), torch.randn(batch, 3, size, size)
-    rows, res = [], {}
-    for label, fn in [("FP32 network (PyTorch)", fp), ("Si-BNN, PyTorch eval", bnn), ("Si-BNN packed", packed),
-                      ("Si-BNN packed, int8 FP layers", packed8)]:
+    int8_label = f"Si-BNN packed, int8 FP layers ({packed8.int8_compute} convs)"
+    runs = [("FP32 network (PyTorch)", fp), ("Si-BNN, PyTorch eval", bnn), ("Si-BNN packed", packed),
+            (int8_label, packed8)]
+    if fpops.bf16_available():   # weights converted once, channels_last bfloat16 inputs: PyTorch's best case
+        fp16 = copy.deepcopy(fp).to(torch.bfloat16, memory_format=torch.channels_last)
+        runs.insert(1, (BF16, lambda x: fp16(x.to(torch.bfloat16, memory_format=torch.channels_last))))
+    _, ref_bits = binary_activations(bnn, x1)
+    total_bits = sum(v.numel() for v in ref_bits.values())
+    rows, res, flips = [], {}, {}
+    for label, fn in runs:
         lat = timeit(fn, x1, repeats)
         thr = batch / timeit(fn, xb, max(3, repeats // 5))
         res[label] = (lat, thr)
+        if fn in (packed, packed8):
+            _, bits = fn(x1, return_bits=True)
+            n = sum(int((bits[k].to(v.dtype) != v).sum()) for k, v in ref_bits.items())
+            flips[label] = f"{n} / {total_bits} ({n / total_bits:.1e})"
     base_lat, base_thr = res["FP32 network (PyTorch)"]
     sizes = {"FP32 network (PyTorch)": state_bytes(fp), "Si-BNN, PyTorch eval": state_bytes(bnn),
-             "Si-BNN packed": f32, "Si-BNN packed, int8 FP layers": i8}
+             "Si-BNN packed": f32, int8_label: i8, BF16: state_bytes(fp) // 2}
     for label, (lat, thr) in res.items():
         rows.append(f"| {arch} ({size}) | {label} | {lat * 1e3:.1f} | {base_lat / lat:.1f}× | {thr:.1f} | "
-                    f"{thr / base_thr:.1f}× | {sizes[label] / 1e6:.2f} |")
+                    f"{thr / base_thr:.1f}× | {sizes[label] / 1e6:.2f} ({sizes[label] / 2**20:.2f} MiB) | "
+                    f"{flips.get(label, '')} |")
     # Where the packed model's time goes at batch 1 (sum over 5 runs, reported per run).
     prof: dict[str, float] = {}
     with torch.no_grad():
@@ -88,10 +107,10 @@ def bench_arch(arch: str, repeats: int, batch: int) -> tuple[list[str], list[str
             packed(x1, profile=prof)
     kinds = {op["name"]: op["op"] for op in packed.program}
     groups: dict[str, float] = {}
-    for name, sec in prof.items():
-        k = kinds[name]
-        g = {"conv": "FP conv (first conv, downsample 1×1)", "linear": "FP linear (classifier)",
-             "bconv": "binary conv (im2col + AND/popcount GEMM)", "blinear": "binary linear",
+    for name, sec in prof.items():   # a fused step is keyed by its first op (a conv with its pool, a bconv with
+        k = kinds[name]              # its affine and residual add)
+        g = {"conv": "FP conv (first conv + its pool/BN, downsample 1×1)", "linear": "FP linear (classifier)",
+             "bconv": "binary conv (im2col + AND/popcount GEMM + BN/add epilogue)", "blinear": "binary linear",
              "threshold": "binarize + pack (folded thresholds)"}.get(k, "pools, affines, adds, other")
         groups[g] = groups.get(g, 0.0) + sec / 5
     total = sum(groups.values())
@@ -125,8 +144,8 @@ def main(argv=None) -> int:
         f"`{cmd}` — {args.machine} ({cpu}), {args.threads} threads, torch {torch.__version__}, kernels "
         f"`{kernels.backend()}`, {args.date}; load average (1, 5, 15 min) before {before}, after {after}.",
         "",
-        "| model | runtime | batch 1 ms | speed-up | batch 32 images/s | speed-up | file MB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | runtime | batch 1 ms | speed-up | batch 32 images/s | speed-up | file MB | bits ≠ trained |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "Packed model, batch 1: where the time goes",

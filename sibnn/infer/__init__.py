@@ -22,9 +22,25 @@ from sibnn.infer.export import ExportError, export_program
 from sibnn.infer.format import FORMAT_VERSION, PackedFormatError, load_packed, save_packed
 from sibnn.infer.runtime import PackedModel
 
-__all__ = ["ExportError", "FORMAT_VERSION", "PackedFormatError", "PackedModel", "export_model", "load_checkpoint_model",
+__all__ = ["ExportError", "binary_activations", "FORMAT_VERSION", "PackedFormatError", "PackedModel", "export_model", "load_checkpoint_model",
            "load_packed", "save_packed",
            "pack_model"]
+
+
+def binary_activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The trained model's logits on ``x`` and every binarizer's output {binary layer name: {0,1} activations},
+    what the packed model's ``return_bits`` is compared with."""
+    from sibnn.quant import SiBinarize
+    bits = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: bits.__setitem__(n.removesuffix(".act"), o.detach()))
+             for n, m in model.named_modules() if isinstance(m, SiBinarize)]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, bits
 
 
 def load_checkpoint_model(checkpoint) -> tuple[nn.Module, dict]:

@@ -103,7 +103,9 @@ def main(argv=None) -> int:
         c, s = _input_shape(model)
         lat = median_latency(model, torch.randn(1, c, s, s), args.repeats)
         thr = args.batch / median_latency(model, torch.randn(args.batch, c, s, s), max(2, args.repeats // 4))
-        print(f"{args.file}: {Path(args.file).stat().st_size:,} bytes, backend {kernels.backend()}, "
+        fp = model.meta.get("fp_dtype", "float32")
+        fp = f"int8 FP layers ({model.int8_compute} convs)" if fp == "int8" else f"{fp} FP layers"
+        print(f"{args.file}: {Path(args.file).stat().st_size:,} bytes, backend {kernels.backend()}, {fp}, "
               f"{torch.get_num_threads()} threads: batch 1 {lat * 1e3:.2f} ms, batch {args.batch} {thr:.1f} images/s")
         return 0
     except (ExportError, PackedFormatError, FileNotFoundError, ValueError) as err:

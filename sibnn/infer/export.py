@@ -287,12 +287,14 @@ def _emit_shortcut(e: _Emitter, name: str, sc: nn.Module, src: str) -> str | Non
 
 def _emit_unit(e: _Emitter, name: str, unit: nn.Module) -> None:
     """Bi-Real unit: BN → binarize → binary conv → BN (+ shortcut of the unit's input)."""
-    x_in = e.fork_float(name + ".input") if unit.shortcut is not None else None
+    # The shortcut is emitted first so that conv → bn_out → add end the unit back to back (one fused step).
+    sc = None
+    if unit.shortcut is not None:
+        sc = _emit_shortcut(e, name + ".shortcut", unit.shortcut, e.fork_float(name + ".input"))
     e.module(name + ".bn_in", unit.bn_in)
     e.module(name + ".conv", unit.conv)
     e.module(name + ".bn_out", unit.bn_out)
-    if unit.shortcut is not None:
-        sc = _emit_shortcut(e, name + ".shortcut", unit.shortcut, x_in)
+    if sc is not None:
         e.materialize(name + ".bn_out")
         e.emit("add", name + ".add", other=sc)
 
@@ -308,10 +310,9 @@ def _emit_resnet(e: _Emitter, model: nn.Module) -> None:
                 _emit_unit(e, name + ".unit1", block.unit1)
                 _emit_unit(e, name + ".unit2", block.unit2)
             elif isinstance(block, Bottleneck):
-                x_in = e.fork_float(name + ".input")
+                sc = _emit_shortcut(e, name + ".shortcut", block.shortcut, e.fork_float(name + ".input"))
                 for u in ("unit1", "unit2", "unit3"):
                     _emit_unit(e, f"{name}.{u}", getattr(block, u))
-                sc = _emit_shortcut(e, name + ".shortcut", block.shortcut, x_in)
                 e.materialize(name + ".unit3.out")
                 e.emit("add", name + ".add", other=sc)
             else:

@@ -1,4 +1,5 @@
-"""Fast kernels: ``csrc/bitkernels.c`` compiled on first use with gcc (-O3 -march=native -fopenmp) and called
+"""Fast kernels: ``csrc/bitkernels.c`` (binary layers) and ``csrc/fpkernels.c`` (the float ops between them,
+wrapped by ``fpops.py``) compiled into one library on first use with gcc (-O3 -march=native -fopenmp) and called
 through ctypes; the same signatures as ``reference.py``.
 
 The shared object is cached under ``$SIBNN_CACHE`` (default ``~/.cache/sibnn``) keyed by the source, the flags and
@@ -13,6 +14,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 
 from sibnn.infer import reference
 
-_SRC = Path(__file__).with_name("csrc") / "bitkernels.c"
+_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("bitkernels.c", "fpkernels.c")]
 _lib = None
 _lib_error: str | None = None
 
@@ -42,7 +44,8 @@ def _flags() -> list[str]:
 
 def _build() -> ctypes.CDLL:
     flags = _flags()
-    key = hashlib.sha256(_SRC.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(src.read_bytes() for src in _SOURCES) + " ".join(flags).encode()
+                         + _cpu_flags().encode()).hexdigest()[:16]
     cache = Path(os.environ.get("SIBNN_CACHE", Path.home() / ".cache" / "sibnn"))
     so = cache / f"bitkernels-{key}.so"
     if not so.exists():
@@ -50,13 +53,15 @@ def _build() -> ctypes.CDLL:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then rename: safe under concurrency
             out = Path(tmp) / so.name
             cc = os.environ.get("CC", "gcc")
-            subprocess.run([cc, *flags, "-o", str(out), str(_SRC)], check=True, capture_output=True, text=True)
+            subprocess.run([cc, *flags, "-o", str(out), *map(str, _SOURCES)], check=True, capture_output=True,
+                           text=True)
             os.replace(out, so)
     lib = ctypes.CDLL(str(so))
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.sibnn_threshold_pack.argtypes = [ptr, i64, i64, ptr, ptr, ptr, c_int]
-    lib.sibnn_im2col.argtypes = [ptr, i64, i64, i64, i64, i64, i64, i64, i64, i64, ptr, c_int]
-    lib.sibnn_bgemm.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64, c_int]
+    lib.sibnn_bconv.argtypes = [ptr] + [i64] * 9 + [ptr, i64, ptr, ptr, ptr, ptr, ptr, c_int]
+    lib.sibnn_maxpool_affine.argtypes = [ptr, c_int] + [i64] * 12 + [ptr, ptr, ptr, ptr, c_int]
+    lib.sibnn_linear_i8.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, c_int]
     lib.sibnn_has_avx512.restype = c_int
     return lib
 
@@ -72,7 +77,7 @@ def library():
                 _lib = _build()
             except (OSError, subprocess.CalledProcessError) as e:
                 detail = getattr(e, "stderr", "") or str(e)
-                _lib_error = f"could not build {_SRC.name}: {detail.strip()[:500]}"
+                _lib_error = f"could not build {' + '.join(s.name for s in _SOURCES)}: {detail.strip()[:500]}"
                 warnings.warn(f"sibnn.infer: {_lib_error}; using the (slow) PyTorch reference kernels")
     return _lib
 
@@ -115,19 +120,45 @@ def block_weights(weight_packed: torch.Tensor) -> torch.Tensor:
     return w.view(co_pad // 16, 16, -1).transpose(1, 2).contiguous()
 
 
-def _bgemm(A: torch.Tensor, rows: int, blocked: torch.Tensor, co: int, epilogue=None) -> torch.Tensor:
-    """``epilogue`` = (scale, shift, residual or None), scale/shift padded to Co_pad, residual (rows, Co_pad)."""
+_scratch = threading.local()  # per calling thread: one int64 buffer, grown as needed, the kernels' workspace
+
+
+def _workspace(words: int) -> torch.Tensor:
+    """A reused scratch buffer of at least ``words`` int64 (contents undefined: the kernels write before they read).
+    Reusing it keeps large workspaces off malloc/mmap and their page faults; one per thread, so concurrent callers
+    never share one."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < words:
+        buf = _scratch.buf = torch.empty(max(words, 1024), dtype=torch.int64)
+    return buf
+
+
+def _bconv(x, n, h, w, cw, k, stride, padding, ho, wo, blocked, co, epilogue=None) -> torch.Tensor:
+    """Direct binary convolution of packed (n, h, w, cw) words ``x`` (a linear layer is h = w = k = 1) with
+    ``block_weights`` output → (n·ho·wo, co) float32, a view of a (rows, Co_pad) buffer. ``epilogue`` =
+    (scale, shift, residual or None), scale/shift (Co_pad,) float32, residual (rows, Co_pad) float32."""
     lib = library()
-    L = blocked.shape[1]
-    co_pad = blocked.shape[0] * 16
-    out = torch.empty(A.shape[0], co_pad, dtype=torch.float32)
+    if blocked.shape[1] != k * k * cw:
+        raise ValueError(f"blocked weights have {blocked.shape[1]} words per filter, the input needs {k * k * cw}")
+    x = x.contiguous()
+    rows, co_pad = n * ho * wo, blocked.shape[0] * 16
+    out = torch.empty(rows, co_pad, dtype=torch.float32)
     scale = shift = res = None
     if epilogue is not None:
         scale, shift, res = epilogue
-    lib.sibnn_bgemm(A.data_ptr(), A.shape[0], L, blocked.data_ptr(), co_pad, out.data_ptr(),
-                    scale.data_ptr() if scale is not None else None, shift.data_ptr() if shift is not None else None,
-                    res.data_ptr() if res is not None else None, rows, _threads())
-    return out[:rows, :co]
+    work = _workspace((n * (h + 2 * padding) * (w + 2 * padding) * cw if padding > 0 else 0) + rows
+                      + (rows + 1) // 2)  # bordered input, row offsets and popcounts
+    lib.sibnn_bconv(x.data_ptr(), n, h, w, cw, k, stride, padding, ho, wo, blocked.data_ptr(), co_pad,
+                    out.data_ptr(), scale.data_ptr() if scale is not None else None,
+                    shift.data_ptr() if shift is not None else None, res.data_ptr() if res is not None else None,
+                    work.data_ptr(), _threads())
+    return out[:, :co]
+
+
+def _bgemm(A: torch.Tensor, rows: int, blocked: torch.Tensor, co: int, epilogue=None) -> torch.Tensor:
+    """The first ``rows`` rows of packed A (≥ rows, L) times the blocked weights → (rows, co); ``epilogue`` as in
+    ``_bconv``."""
+    return _bconv(A[:rows], rows, 1, 1, A.shape[1], 1, 1, 0, 1, 1, blocked, co, epilogue)
 
 
 def binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding, blocked=None, epilogue=None):
@@ -140,18 +171,15 @@ def binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding,
     k = kernel_size
     ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
     rows = n * ho * wo
-    A = torch.zeros(-(-rows // 4) * 4, k * k * cw, dtype=torch.int64)
-    lib.sibnn_im2col(packed.contiguous().data_ptr(), n, h, w, cw, k, stride, padding, ho, wo, A.data_ptr(),
-                     _threads())
     blocked = block_weights(weight_packed) if blocked is None else blocked
     co = weight_packed.shape[0]
     if epilogue is not None:
         scale, shift, res = epilogue
         if co % 16:
             raise ValueError("the fused epilogue needs a multiple of 16 output channels")
-        res = res.permute(0, 2, 3, 1).contiguous().view(rows, co) if res is not None else None
-        epilogue = (scale.contiguous(), shift.contiguous(), res)
-    m = _bgemm(A, rows, blocked, co, epilogue)
+        res = res.permute(0, 2, 3, 1).float().contiguous().view(rows, co) if res is not None else None
+        epilogue = (scale.float().contiguous(), shift.float().contiguous(), res)
+    m = _bconv(packed, n, h, w, cw, k, stride, padding, ho, wo, blocked, co, epilogue)
     return m.reshape(n, ho, wo, co).permute(0, 3, 1, 2)
 
 
@@ -159,9 +187,5 @@ def binary_linear(packed, features, weight_packed, blocked=None):
     lib = library()
     if lib is None:
         return reference.binary_linear(packed, features, weight_packed)
-    rows = packed.shape[0]
-    A = packed.contiguous()
-    if rows % 4:
-        A = torch.cat([A, A.new_zeros(4 - rows % 4, A.shape[1])])
     blocked = block_weights(weight_packed) if blocked is None else blocked
-    return _bgemm(A, rows, blocked, weight_packed.shape[0])
+    return _bgemm(packed, packed.shape[0], blocked, weight_packed.shape[0])

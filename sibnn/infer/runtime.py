@@ -3,23 +3,35 @@
 contiguous for the binarize-and-pack kernel; bits travel as (N, H, W, Cw) or (N, Fw) int64 words."""
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
 import torch.nn.functional as F
 
-from sibnn.infer import kernels, reference
+from sibnn.infer import fpops, kernels, reference
 from sibnn.infer.format import FORMAT_VERSION, load_packed, save_packed
 
 
 class PackedModel:
+    """``backend``: ``fast`` (the C kernels, with the fusions below) or ``reference`` (op by op in PyTorch);
+    ``auto`` = fast where the kernels build. ``int8_compute``: the arithmetic of int8-stored full-precision convs
+    on the fast backend (``fpops.int8_compute``: bfloat16 where the CPU has it natively, else float32).
+
+    The fast backend runs the program as fused steps, each equal to its ops up to float rounding: a conv with the
+    max-pool and affine after it (ResNet's stem: pooling and the folded BatchNorm in one pass over the conv's
+    output; for int8 weights the dequantisation scale and bias ride in that affine, since max-pooling commutes
+    with a positive per-channel scale); a 1×1 conv as one matrix product (int8: scale, bias and the following
+    affine folded into it); a max-pool with its affine; a binary conv with its affine and residual add (the
+    GEMM's epilogue); a global average pool as a mean; an int8 linear at batch ≤ 4 straight from the int8 weights."""
+
     def __init__(self, program: list, tensors: dict[str, torch.Tensor], config: dict, meta: dict,
-                 backend: str = "auto"):
+                 backend: str = "auto", int8_compute: str = "auto"):
         if backend not in ("auto", "fast", "reference"):
             raise ValueError(f"backend must be auto, fast or reference, got {backend!r}")
         self.program, self.tensors, self.config, self.meta = program, tensors, config, meta
         self.backend = "reference" if backend == "reference" else "fast"
-        self._ops = {op["name"]: op for op in program}
+        self.int8_compute = fpops.int8_compute(int8_compute)
         self._fp = {}        # float32 weights of FP layers (dequantised once when stored as int8)
         self._blocked = {}   # binary weights re-laid out for the GEMM kernel
         for op in program:
@@ -31,12 +43,13 @@ class PackedModel:
                     self._fp[op["name"]] = tensors[op["weight"]]
             if op["op"] in ("bconv", "blinear") and self.backend == "fast" and kernels.library() is not None:
                 self._blocked[op["name"]] = kernels.block_weights(tensors[op["weight"]])
+        self._steps = self._compile()
 
     # -- files ---------------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path, backend: str = "auto") -> "PackedModel":
+    def load(cls, path, backend: str = "auto", int8_compute: str = "auto") -> "PackedModel":
         header, tensors = load_packed(path)
-        return cls(header["program"], tensors, header["config"], header["meta"], backend)
+        return cls(header["program"], tensors, header["config"], header["meta"], backend, int8_compute)
 
     def save(self, path) -> int:
         return save_packed(path, config=self.config, meta=self.meta, program=self.program, tensors=self.tensors)
@@ -49,48 +62,154 @@ class PackedModel:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, return_bits: bool = False, profile: dict | None = None):
         """Logits for a batch ``x``. ``return_bits``: also {binary layer: its {0,1} input activations}, shaped like
-        the training model's (N, C, H, W) or (N, F). ``profile``: a dict that accumulates seconds per op name."""
+        the training model's (N, C, H, W) or (N, F). ``profile``: a dict that accumulates seconds per step, keyed
+        by the name of the step's first op."""
         regs = {"x": x.float().contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x.float()}
         bits = {}
-        skip = 0
-        for i, op in enumerate(self.program):
-            if skip:
-                skip -= 1
-                continue
+        for name, fn, dst, thr in self._steps:
             start = time.perf_counter() if profile is not None else 0.0
-            name = op["name"]
-            fused = self._fusable(i)
-            if fused:
-                out, skip = self._run_fused(op, self.program[i + 1], self.program[i + 2] if fused == 2 else None,
-                                            regs), fused
-                op = self.program[i + fused]  # the result lands where the last fused op puts it
-            else:
-                out = self._run(op, regs)
-            regs[op["dst"]] = out
-            if return_bits and op["op"] == "threshold":
-                src = regs[op["src"]]
-                L = src.shape[1]
-                b = reference.unpack_bits(out, L)
-                bits[op["layer"]] = b.permute(0, 3, 1, 2) if b.dim() == 4 else b
+            out = regs[dst] = fn(regs)
+            if return_bits and thr is not None:
+                b = reference.unpack_bits(out, regs[thr["src"]].shape[1])
+                bits[thr["layer"]] = b.permute(0, 3, 1, 2) if b.dim() == 4 else b
             if profile is not None:
                 profile[name] = profile.get(name, 0.0) + time.perf_counter() - start
         return (regs["x"], bits) if return_bits else regs["x"]
+
+    def _compile(self) -> list[tuple]:
+        """The program as steps (name, fn(regs) → value, destination register, threshold op or None)."""
+        fast = self.backend == "fast" and kernels.library() is not None
+        steps, i = [], 0
+        while i < len(self.program):
+            op = self.program[i]
+            fused = self._fuse(i) if fast else None
+            fn, n = fused if fused is not None else (functools.partial(self._run, op), 1)
+            steps.append((op["name"], fn, self.program[i + n - 1]["dst"], op if op["op"] == "threshold" else None))
+            i += n
+        return steps
+
+    def _next(self, i: int, kind: str) -> dict | None:
+        """Op i+1 if it is a ``kind`` working in place on op i's result (nothing else can read the value between)."""
+        if i + 1 >= len(self.program):
+            return None
+        op, nxt = self.program[i], self.program[i + 1]
+        ok = nxt["op"] == kind and nxt["src"] == op["dst"] and nxt["dst"] == op["dst"]
+        return nxt if ok else None
+
+    def _fuse(self, i: int):
+        """(fn, number of ops it covers) for the fast step starting at op i, or None for the plain op."""
+        op = self.program[i]
+        kind = op["op"]
+        if kind == "conv":
+            pool = self._next(i, "maxpool")
+            if pool is not None:
+                aff = self._next(i + 1, "affine")
+                return self._conv_pool(op, pool, aff), 3 if aff is not None else 2
+            aff = self._next(i, "affine")
+            return self._conv(op, aff), 2 if aff is not None else 1
+        if kind == "maxpool":
+            aff = self._next(i, "affine")
+            t = self.tensors
+            sign, a, b = t.get(op.get("sign")), *((t[aff["a"]], t[aff["b"]]) if aff else (None, None))
+            src = op["src"]
+            fn = lambda regs: fpops.maxpool_affine(regs[src], op["kernel"], op["stride"], op["padding"],  # noqa: E731
+                                                   op["ceil_mode"], sign, a, b)
+            return fn, 2 if aff is not None else 1
+        if kind == "bconv":
+            n = self._fusable(i)
+            if n:
+                affine, add = self.program[i + 1], self.program[i + 2] if n == 2 else None
+                return functools.partial(self._run_fused, op, affine, add), n + 1
+        if kind == "linear" and "weight_q" in op:
+            t = self.tensors
+            q, s, bias, wf, src = t[op["weight_q"]], t[op["weight_scale"]], t.get(op.get("bias")), \
+                self._fp[op["name"]], op["src"]
+            fn = lambda regs: (fpops.linear_i8(regs[src], q, s, bias) if regs[src].shape[0] <= 4  # noqa: E731
+                               else F.linear(regs[src], wf, bias))
+            return fn, 1
+        if kind == "adaptive_avgpool" and list(op["output_size"]) == [1, 1]:
+            src = op["src"]
+            return (lambda regs: regs[src].mean((2, 3), keepdim=True)), 1
+        return None
+
+    def _conv_raw(self, op: dict):
+        """(fn(x) → the conv of x with the stored weights, before any int8 scale and bias; scale or None; bias or
+        None still to add). Float32 weights: the bias is inside the conv, as the model computes it."""
+        t = self.tensors
+        stride, padding, bias = op["stride"], op["padding"], t.get(op.get("bias"))
+        if "weight_q" not in op:
+            w = t[op["weight"]]
+            return (lambda x: F.conv2d(x, w, bias, stride, padding)), None, None
+        q, scale = t[op["weight_q"]], t[op["weight_scale"]]
+        if self.int8_compute == "bfloat16":
+            wq = q.to(torch.bfloat16)  # |q| ≤ 127: exact
+            return (lambda x: F.conv2d(x.to(torch.bfloat16), wq, None, stride, padding)), scale, bias
+        wq = q.float()
+        return (lambda x: F.conv2d(x, wq, None, stride, padding)), scale, bias
+
+    def _conv_pool(self, conv: dict, pool: dict, aff: dict | None):
+        """conv → max-pool (per-channel sign) → affine: the pool runs on the raw conv output and one affine after
+        it carries the int8 scale, the bias and the folded BatchNorm (s > 0 commutes with the max; a bias commutes
+        with it too)."""
+        t = self.tensors
+        raw, scale, bias = self._conv_raw(conv)
+        sign = t.get(pool.get("sign"))
+        a, b = (t[aff["a"]], t[aff["b"]]) if aff is not None else (None, None)
+        if scale is not None:
+            a0 = a if a is not None else torch.ones_like(scale)
+            b0 = b if b is not None else torch.zeros_like(scale)
+            a, b = (a0 * scale).contiguous(), (b0 + a0 * bias if bias is not None else b0).contiguous()
+        src = conv["src"]
+        return lambda regs: fpops.maxpool_affine(raw(regs[src]), pool["kernel"], pool["stride"], pool["padding"],
+                                                 pool["ceil_mode"], sign, a, b)
+
+    def _conv(self, op: dict, aff: dict | None):
+        """A conv (and the affine after it); 1×1 stride-1 convs as one matrix product over the pixels."""
+        t = self.tensors
+        src = op["src"]
+        a, b = (t[aff["a"]], t[aff["b"]]) if aff is not None else (None, None)
+        one = op["stride"] == [1, 1] and op["padding"] == [0, 0] and self._fp[op["name"]].shape[-2:] == (1, 1)
+        if one:
+            w = self._fp[op["name"]]
+            co = w.shape[0]
+            bias = t.get(op.get("bias"))
+            if "weight_q" in op:   # scale, bias and affine all fold into the matrix and one bias vector
+                a0 = a if a is not None else torch.ones(co)
+                wt = (w.view(co, -1) * a0[:, None]).t().contiguous()
+                bt = (b if b is not None else torch.zeros(co)) + (a0 * bias if bias is not None else 0)
+                a = b = None
+            else:
+                wt, bt = w.view(co, -1).t().contiguous(), bias
+
+            def fn(regs):
+                x = regs[src]
+                n, c, h, wd = x.shape
+                xm = x.permute(0, 2, 3, 1).reshape(-1, c)
+                y = torch.addmm(bt, xm, wt) if bt is not None else xm @ wt
+                if a is not None:
+                    y = torch.addcmul(b, y, a)
+                return y.view(n, h, wd, co).permute(0, 3, 1, 2)
+            return fn
+        raw, scale, bias = self._conv_raw(op)
+        if scale is not None:
+            a0 = a if a is not None else torch.ones_like(scale)
+            b0 = b if b is not None else torch.zeros_like(scale)
+            a, b = a0 * scale, (b0 + a0 * bias if bias is not None else b0)
+        a4, b4 = (a.view(1, -1, 1, 1), b.view(1, -1, 1, 1)) if a is not None else (None, None)
+
+        def fn(regs):
+            y = raw(regs[src])
+            return torch.addcmul(b4, y.float(), a4) if a4 is not None else y
+        return fn
 
     def _fusable(self, i: int) -> int:
         """How many ops after bconv ``i`` the kernel's epilogue can absorb: ``affine`` in place (1), then ``add``
         of a shortcut (2) — the ResNet unit's tail. Results equal to float rounding (one FMA instead of two ops)."""
         prog = self.program
         op = prog[i]
-        if (self.backend != "fast" or op["op"] != "bconv" or op["out_channels"] % 16 or i + 1 >= len(prog)
-                or kernels.library() is None):
+        if op["out_channels"] % 16 or self._next(i, "affine") is None:
             return 0
-        nxt = prog[i + 1]
-        if nxt["op"] != "affine" or nxt["src"] != op["dst"] or nxt["dst"] != op["dst"]:
-            return 0
-        if i + 2 < len(prog) and prog[i + 2]["op"] == "add" and prog[i + 2]["src"] == op["dst"] \
-                and prog[i + 2]["dst"] == op["dst"]:
-            return 2
-        return 1
+        return 2 if self._next(i + 1, "add") is not None else 1
 
     def _run_fused(self, op: dict, affine: dict, add: dict | None, regs: dict) -> torch.Tensor:
         t = self.tensors

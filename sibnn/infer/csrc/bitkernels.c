@@ -1,12 +1,14 @@
 /* Bit-packed kernels for Si-BNN inference (METHOD.md §2): {0,1} activations and ±1 weights packed 64 per uint64,
  * a·w = 2·popcount(a AND u) − popcount(a).  Plain C with OpenMP; an AVX-512 VPOPCNTQ path when the compiler
- * targets it (-march=native on a machine that has it), scalar popcount otherwise.  Called through ctypes with
- * pointers to torch tensors owned by the caller (sibnn/infer/kernels.py); nothing here allocates.
+ * targets it (-march=native on a machine that has it), scalar popcount otherwise.  Called through ctypes
+ * with pointers to torch tensors owned by the caller (sibnn/infer/kernels.py); nothing here allocates.
  *
  * Layouts (little-endian bit order: bit j of word w is channel 64·w + j):
  *   packed activations  (rows, Lw) uint64, a row is one pixel's channels (NHWC) or one sample's features;
- *   im2col rows         (rows_pad, K·K·Cw), padded taps and padded rows are zero words;
- *   blocked weights     (Co_pad/16, L, 16): 16 output channels side by side so one AVX-512 pair serves them.
+ *   blocked weights     (Co_pad/16, L, 16), L = K·K·Cw in (ky, kx, c) order: 16 output channels side by side so
+ *                       one pair of zmm registers serves them.
+ * The convolutions' scratch (zero-bordered input copy, row offsets and popcounts) is passed in by the caller.
+ * All results are exact integers (as float32).
  */
 #include <stdint.h>
 #include <string.h>
@@ -57,90 +59,167 @@ void sibnn_threshold_pack(const float *x, int64_t rows, int64_t L, const float *
     }
 }
 
-/* Packed im2col: A[(n·Ho + oy)·Wo + ox, (ky·K + kx)·Cw + c] = in[n, iy, ix, c], zero outside the image. */
-void sibnn_im2col(const uint64_t *in, int64_t N, int64_t H, int64_t W, int64_t Cw, int64_t K, int64_t stride,
-                  int64_t pad, int64_t Ho, int64_t Wo, uint64_t *A, int nthreads) {
-    const int64_t L = K * K * Cw;
-    if (N * Ho * Wo * L < (1 << 15)) nthreads = 1;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t row = 0; row < N * Ho * Wo; row++) {
-        int64_t n = row / (Ho * Wo), oy = (row / Wo) % Ho, ox = row % Wo;
-        uint64_t *a = A + row * L;
-        for (int64_t ky = 0; ky < K; ky++) {
-            int64_t iy = oy * stride - pad + ky;
-            for (int64_t kx = 0; kx < K; kx++) {
-                int64_t ix = ox * stride - pad + kx;
-                uint64_t *dst = a + (ky * K + kx) * Cw;
-                if (iy < 0 || iy >= H || ix < 0 || ix >= W)
-                    memset(dst, 0, Cw * sizeof(uint64_t));
-                else
-                    memcpy(dst, in + ((n * H + iy) * W + ix) * Cw, Cw * sizeof(uint64_t));
+/* ---- binary convolution / linear (direct, no im2col buffer) ---------------------------------------------------
+ *
+ * sibnn_bconv computes, for every output pixel (row) r = (n·Ho + oy)·Wo + ox and output channel co < Co_pad,
+ *   m[r, co] = 2·Σ_l popcount(a_r[l] & B[co, l]) − Σ_l popcount(a_r[l]),  l = (ky·K + kx)·Cw + c,
+ * a_r[l] = in[n, oy·s − pad + ky, ox·s − pad + kx, c] (zero outside the image), B blocked as (Co_pad/16, L, 16).
+ * A linear layer is the case H = W = K = 1 (Cw = the feature words, rows = the batch).
+ * The taps are read straight from the (zero-bordered) input: when pad > 0 the input is first copied into
+ * work = (N, H + 2·pad, W + 2·pad, Cw) words with a zero border; then each row's tap origin (int64 word offset)
+ * and its popcount q[r] (int32), so work holds (pad > 0 ? N·(H + 2·pad)·(W + 2·pad)·Cw : 0) + rows + ceil(rows/2)
+ * words.
+ * out is (rows, Co_pad) float32; with scale: out = m·scale[co] + shift[co] (one FMA), then + res[r, co] if res. */
+
+typedef struct {
+    const uint64_t *base;  /* tap origin of pixel (0, 0) of image 0 in the (padded) input */
+    int64_t Hp, Wp, Ho, Wo, Cw, K, stride, T, L, Co_pad;
+    const int64_t *toff;   /* word offset of tap t = ky·K + kx from a row's origin */
+    const int64_t *roff;   /* word offset of row r's origin from base */
+    const uint64_t *B;
+    const int32_t *q;
+    float *out;
+    const float *scale, *shift, *res;
+} bconv_args;
+
+static inline const uint64_t *row_origin(const bconv_args *g, int64_t row) { return g->base + g->roff[row]; }
+
+#define SIBNN_MR 6  /* rows per register tile */
+
+#if SIBNN_AVX512
+/* One register tile: MR rows × NZ zmm (8 output channels each, NZ/2 blocks of 16), accumulators in qword lanes. */
+static inline __attribute__((always_inline)) void bconv_tile(const bconv_args *g, const int MR, const int NZ,
+                                                             int64_t r0, int64_t cb) {
+    const uint64_t *ap[SIBNN_MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) ap[r] = row_origin(g, r0 + r);
+    const int64_t Cw = g->Cw, L = g->L;
+    const uint64_t *b = g->B + cb * L * 16;
+    __m512i acc[SIBNN_MR][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+        for (int z = 0; z < NZ; z++) acc[r][z] = _mm512_setzero_si512();
+    for (int64_t t = 0; t < g->T; t++) {
+        const int64_t off = g->toff[t];
+        const uint64_t *bt = b + t * Cw * 16;
+        for (int64_t c = 0; c < Cw; c++) {
+            __m512i bz[4];
+#pragma GCC unroll 4
+            for (int z = 0; z < NZ; z++)
+                bz[z] = _mm512_loadu_si512((const void *)(bt + (z >> 1) * L * 16 + c * 16 + (z & 1) * 8));
+#pragma GCC unroll 8
+            for (int r = 0; r < MR; r++) {
+                __m512i av = _mm512_set1_epi64((long long)ap[r][off + c]);
+#pragma GCC unroll 4
+                for (int z = 0; z < NZ; z++)
+                    acc[r][z] = _mm512_add_epi64(acc[r][z], _mm512_popcnt_epi64(_mm512_and_si512(av, bz[z])));
             }
+        }
+    }
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        const __m512i qv = _mm512_set1_epi32(g->q[r0 + r]);
+#pragma GCC unroll 2
+        for (int j = 0; j < NZ / 2; j++) {
+            const int64_t c0 = (cb + j) * 16;
+            __m512i p = _mm512_permutex2var_epi32(acc[r][2 * j], even, acc[r][2 * j + 1]);
+            __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(p, p), qv));
+            if (g->scale) v = _mm512_fmadd_ps(v, _mm512_loadu_ps(g->scale + c0), _mm512_loadu_ps(g->shift + c0));
+            if (g->res) v = _mm512_add_ps(v, _mm512_loadu_ps(g->res + (r0 + r) * g->Co_pad + c0));
+            _mm512_storeu_ps(g->out + (r0 + r) * g->Co_pad + c0, v);
         }
     }
 }
 
-/* Binary GEMM: m[r, co] = 2·Σ_l popcount(A[r,l] & B[co,l]) − Σ_l popcount(A[r,l])  (= a·w, exact integer, as
- * float32 since |a·w| ≤ fan-in < 2^24).  rows_pad % 4 == 0, Co_pad % 16 == 0, out is (rows_pad, Co_pad).
- * Optional fused epilogue (the ResNet unit's α·BN and shortcut add, one pass instead of three):
- * out = m·scale[co] + shift[co] (+ res[r, co] for r < rows; res is (rows, Co_pad)). */
-void sibnn_bgemm(const uint64_t *A, int64_t rows_pad, int64_t L, const uint64_t *B, int64_t Co_pad, float *out,
-                 const float *scale, const float *shift, const float *res, int64_t rows, int nthreads) {
-    const int64_t nrt = rows_pad / 4, ncb = Co_pad / 16;
-    if (rows_pad * L * ncb < (1 << 14)) nthreads = 1;
-#pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static)
-    for (int64_t cb = 0; cb < ncb; cb++) {
-        for (int64_t rt = 0; rt < nrt; rt++) {
-            const uint64_t *a = A + rt * 4 * L;
-            const uint64_t *b = B + cb * L * 16;
-            int32_t q[4];
-            for (int r = 0; r < 4; r++) {
+#define SIBNN_TILE_FN(mr, nz) \
+    static void bconv_tile_##mr##_##nz(const bconv_args *g, int64_t r0, int64_t cb) { bconv_tile(g, mr, nz, r0, cb); }
+SIBNN_TILE_FN(1, 2) SIBNN_TILE_FN(2, 2) SIBNN_TILE_FN(3, 2) SIBNN_TILE_FN(4, 2) SIBNN_TILE_FN(5, 2) SIBNN_TILE_FN(6, 2)
+SIBNN_TILE_FN(1, 4) SIBNN_TILE_FN(2, 4) SIBNN_TILE_FN(3, 4) SIBNN_TILE_FN(4, 4) SIBNN_TILE_FN(5, 4) SIBNN_TILE_FN(6, 4)
+typedef void (*bconv_tile_fn)(const bconv_args *, int64_t, int64_t);
+static const bconv_tile_fn bconv_tiles[2][SIBNN_MR + 1] = {
+    {0, bconv_tile_1_2, bconv_tile_2_2, bconv_tile_3_2, bconv_tile_4_2, bconv_tile_5_2, bconv_tile_6_2},
+    {0, bconv_tile_1_4, bconv_tile_2_4, bconv_tile_3_4, bconv_tile_4_4, bconv_tile_5_4, bconv_tile_6_4}};
+#endif
+
+/* Rows r0 .. r0 + mr − 1 (mr ≤ SIBNN_MR) × the 16·nb output channels from block cb (nb = 1 or 2). */
+static void bconv_block(const bconv_args *g, int64_t r0, int mr, int64_t cb, int nb) {
+#if SIBNN_AVX512
+    bconv_tiles[nb - 1][mr](g, r0, cb);
+#else
+    for (int r = 0; r < mr; r++) {
+        const uint64_t *a = row_origin(g, r0 + r);
+        for (int64_t j = cb * 16; j < (cb + nb) * 16; j++) {
+            const uint64_t *b = g->B + (j / 16) * g->L * 16 + (j % 16);
+            int32_t s = 0;
+            for (int64_t t = 0; t < g->T; t++)
+                for (int64_t c = 0; c < g->Cw; c++)
+                    s += __builtin_popcountll(a[g->toff[t] + c] & b[(t * g->Cw + c) * 16]);
+            float v = (float)(2 * s - g->q[r0 + r]);
+            if (g->scale) v = fmaf(v, g->scale[j], g->shift[j]);
+            if (g->res) v += g->res[(r0 + r) * g->Co_pad + j];
+            g->out[(r0 + r) * g->Co_pad + j] = v;
+        }
+    }
+#endif
+}
+
+void sibnn_bconv(const uint64_t *in, int64_t N, int64_t H, int64_t W, int64_t Cw, int64_t K, int64_t stride,
+                 int64_t pad, int64_t Ho, int64_t Wo, const uint64_t *B, int64_t Co_pad, float *out,
+                 const float *scale, const float *shift, const float *res, uint64_t *work, int nthreads) {
+    const int64_t rows = N * Ho * Wo, T = K * K, L = T * Cw, ncb = Co_pad / 16;
+    const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad;
+    uint64_t *padded = pad > 0 ? work : 0;
+    int64_t *roff = (int64_t *)work + (pad > 0 ? N * Hp * Wp * Cw : 0);
+    int32_t *q = (int32_t *)(roff + rows);
+    int64_t toff[T];
+    for (int64_t ky = 0; ky < K; ky++)
+        for (int64_t kx = 0; kx < K; kx++) toff[ky * K + kx] = (ky * Wp + kx) * Cw;
+    bconv_args g = {pad > 0 ? padded : in, Hp, Wp, Ho, Wo, Cw, K, stride, T, L, Co_pad, toff, roff, B, q, out,
+                    scale, shift, res};
+    /* Work items: column tiles of 32 channels (one of 16 at the end when ncb is odd) × row tiles of SIBNN_MR
+     * rows, column-major so a thread keeps one weight panel hot in L1 while it sweeps the rows. */
+    const int64_t nct = (ncb + 1) / 2, nrt = (rows + SIBNN_MR - 1) / SIBNN_MR;
+    if (rows * L * ncb < (1 << 13) || nct * nrt < 2) nthreads = 1;
+#pragma omp parallel num_threads(nthreads)
+    {
+        if (pad > 0) {
+#pragma omp for schedule(static) nowait
+            for (int64_t y = 0; y < N * Hp; y++) {
+                int64_t n = y / Hp, iy = y % Hp - pad;
+                uint64_t *dst = padded + y * Wp * Cw;
+                if (iy < 0 || iy >= H) {
+                    memset(dst, 0, Wp * Cw * sizeof(uint64_t));
+                } else {
+                    memset(dst, 0, pad * Cw * sizeof(uint64_t));
+                    memcpy(dst + pad * Cw, in + (n * H + iy) * W * Cw, W * Cw * sizeof(uint64_t));
+                    memset(dst + (pad + W) * Cw, 0, pad * Cw * sizeof(uint64_t));
+                }
+            }
+        }
+        /* Row origins and popcounts, from the unpadded input (so this overlaps the copy above). */
+#pragma omp for schedule(static)
+        for (int64_t y = 0; y < N * Ho; y++) {
+            const int64_t n = y / Ho, oy = y % Ho, iy0 = oy * stride - pad;
+            const int64_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = H - iy0 < K ? H - iy0 : K;
+            for (int64_t ox = 0; ox < Wo; ox++) {
+                const int64_t r = y * Wo + ox, ix0 = ox * stride - pad;
+                const int64_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = W - ix0 < K ? W - ix0 : K;
+                roff[r] = ((n * Hp + oy * stride) * Wp + ox * stride) * Cw;
                 int32_t s = 0;
-                for (int64_t l = 0; l < L; l++) s += __builtin_popcountll(a[r * L + l]);
+                for (int64_t ky = ky0; ky < ky1; ky++) {
+                    const uint64_t *a = in + ((n * H + iy0 + ky) * W + ix0 + kx0) * Cw;
+                    for (int64_t j = 0; j < (kx1 - kx0) * Cw; j++) s += __builtin_popcountll(a[j]);
+                }
                 q[r] = s;
             }
-#if SIBNN_AVX512
-            __m512i acc[4][2];
-            for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-            for (int64_t l = 0; l < L; l++) {
-                __m512i b0 = _mm512_loadu_si512((const void *)(b + l * 16));
-                __m512i b1 = _mm512_loadu_si512((const void *)(b + l * 16 + 8));
-                for (int r = 0; r < 4; r++) {
-                    __m512i av = _mm512_set1_epi64((long long)a[r * L + l]);
-                    acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_and_si512(av, b0)));
-                    acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_and_si512(av, b1)));
-                }
-            }
-            for (int r = 0; r < 4; r++) {
-                float *o = out + (rt * 4 + r) * Co_pad + cb * 16;
-                __m256i qv = _mm256_set1_epi32(q[r]);
-                for (int h = 0; h < 2; h++) {
-                    __m256i p = _mm512_cvtepi64_epi32(acc[r][h]);
-                    __m256i m = _mm256_sub_epi32(_mm256_add_epi32(p, p), qv);
-                    __m256 v = _mm256_cvtepi32_ps(m);
-                    int64_t c0 = cb * 16 + 8 * h;
-                    if (scale) v = _mm256_fmadd_ps(v, _mm256_loadu_ps(scale + c0), _mm256_loadu_ps(shift + c0));
-                    if (res && rt * 4 + r < rows) v = _mm256_add_ps(v, _mm256_loadu_ps(res + (rt * 4 + r) * Co_pad + c0));
-                    _mm256_storeu_ps(o + 8 * h, v);
-                }
-            }
-#else
-            int32_t acc[4][16];
-            memset(acc, 0, sizeof(acc));
-            for (int64_t l = 0; l < L; l++)
-                for (int r = 0; r < 4; r++) {
-                    uint64_t av = a[r * L + l];
-                    for (int j = 0; j < 16; j++) acc[r][j] += __builtin_popcountll(av & b[l * 16 + j]);
-                }
-            for (int r = 0; r < 4; r++)
-                for (int j = 0; j < 16; j++) {
-                    int64_t c = cb * 16 + j;
-                    float v = (float)(2 * acc[r][j] - q[r]);
-                    if (scale) v = fmaf(v, scale[c], shift[c]);
-                    if (res && rt * 4 + r < rows) v += res[(rt * 4 + r) * Co_pad + c];
-                    out[(rt * 4 + r) * Co_pad + c] = v;
-                }
-#endif
+        }
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < nct * nrt; it++) {
+            int64_t ct = it / nrt, rt = it % nrt, r0 = rt * SIBNN_MR;
+            int mr = rows - r0 < SIBNN_MR ? (int)(rows - r0) : SIBNN_MR;
+            bconv_block(&g, r0, mr, 2 * ct, 2 * ct + 1 < ncb ? 2 : 1);
         }
     }
 }
