@@ -59,7 +59,7 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(so))
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.sibnn_threshold_pack.argtypes = [ptr, i64, i64, ptr, ptr, ptr, c_int]
-    lib.sibnn_bconv.argtypes = [ptr] + [i64] * 9 + [ptr, i64, ptr, ptr, ptr, ptr, ptr, c_int]
+    lib.sibnn_bconv.argtypes = [ptr] + [i64] * 9 + [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, c_int]
     lib.sibnn_maxpool_affine.argtypes = [ptr, c_int] + [i64] * 12 + [ptr, ptr, ptr, ptr, c_int]
     lib.sibnn_linear_i8.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, c_int]
     lib.sibnn_has_avx512.restype = c_int
@@ -133,16 +133,28 @@ def _workspace(words: int) -> torch.Tensor:
     return buf
 
 
-def _bconv(x, n, h, w, cw, k, stride, padding, ho, wo, blocked, co, epilogue=None) -> torch.Tensor:
+def _bconv(x, n, h, w, cw, k, stride, padding, ho, wo, blocked, co, epilogue=None, pack=None, bits=None):
     """Direct binary convolution of packed (n, h, w, cw) words ``x`` (a linear layer is h = w = k = 1) with
     ``block_weights`` output → (n·ho·wo, co) float32, a view of a (rows, Co_pad) buffer. ``epilogue`` =
-    (scale, shift, residual or None), scale/shift (Co_pad,) float32, residual (rows, Co_pad) float32."""
+    (scale, shift, residual or None), scale/shift (Co_pad,) float32, residual (rows, Co_pad) float32.
+    ``pack`` = (sign, T), (Co_pad,) float32 with Co_pad == co: also the packed bits [sign·out ≥ T] of the stored
+    output, (rows, ceil(co/64)) int64 — returns (out, bits) then; ``bits``: that buffer (any shape of
+    rows·ceil(co/64) contiguous int64), else a new one."""
     lib = library()
     if blocked.shape[1] != k * k * cw:
         raise ValueError(f"blocked weights have {blocked.shape[1]} words per filter, the input needs {k * k * cw}")
     x = x.contiguous()
     rows, co_pad = n * ho * wo, blocked.shape[0] * 16
     out = torch.empty(rows, co_pad, dtype=torch.float32)
+    tsign = tT = None
+    if pack is not None:
+        if co != co_pad:
+            raise ValueError("the fused threshold needs a multiple of 16 output channels")
+        tsign, tT = pack
+        if bits is None:
+            bits = _bits_buffer((rows, reference.words(co)), co)
+    else:
+        bits = None
     scale = shift = res = None
     if epilogue is not None:
         scale, shift, res = epilogue
@@ -151,8 +163,19 @@ def _bconv(x, n, h, w, cw, k, stride, padding, ho, wo, blocked, co, epilogue=Non
     lib.sibnn_bconv(x.data_ptr(), n, h, w, cw, k, stride, padding, ho, wo, blocked.data_ptr(), co_pad,
                     out.data_ptr(), scale.data_ptr() if scale is not None else None,
                     shift.data_ptr() if shift is not None else None, res.data_ptr() if res is not None else None,
-                    work.data_ptr(), _threads())
-    return out[:, :co]
+                    tsign.data_ptr() if bits is not None else None, tT.data_ptr() if bits is not None else None,
+                    bits.data_ptr() if bits is not None else None, work.data_ptr(), _threads())
+    return (out[:, :co], bits) if bits is not None else out[:, :co]
+
+
+def _bits_buffer(shape, co: int) -> torch.Tensor:
+    """Room for packed bits of ``co`` channels: the kernel writes each 16-channel block's bits, so a partial last
+    word's upper pieces must start as 0."""
+    return (torch.empty if co % 64 == 0 else torch.zeros)(shape, dtype=torch.int64)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
 def _bgemm(A: torch.Tensor, rows: int, blocked: torch.Tensor, co: int, epilogue=None) -> torch.Tensor:
@@ -161,24 +184,43 @@ def _bgemm(A: torch.Tensor, rows: int, blocked: torch.Tensor, co: int, epilogue=
     return _bconv(A[:rows], rows, 1, 1, A.shape[1], 1, 1, 0, 1, 1, blocked, co, epilogue)
 
 
-def binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding, blocked=None, epilogue=None):
+def binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding, blocked=None, epilogue=None,
+                  pack=None):
     """As ``reference.binary_conv2d``; returns (N, Co, Ho, Wo) in channels_last memory format. ``epilogue`` =
-    (scale, shift, residual or None) fuses ``m·scale + shift (+ residual)`` per output channel (Co % 16 == 0)."""
+    (scale, shift, residual or None) fuses ``m·scale + shift (+ residual)`` per output channel (Co % 16 == 0).
+    ``pack`` = (sign, T) fuses the next threshold too (Co % 16 == 0): returns (out, bits), bits (N, Ho, Wo, Cw)
+    int64 equal to ``threshold_pack(out, sign, T)``, computed in the epilogue from the output tile in registers."""
     lib = library()
     if lib is None:
-        return reference.binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding)
+        out = reference.binary_conv2d(packed, channels, weight_packed, kernel_size, stride, padding)
+        if epilogue is not None:
+            scale, shift, res = epilogue
+            out = (out.double() * scale.double().view(1, -1, 1, 1) + shift.double().view(1, -1, 1, 1)).float()
+            out = out + res if res is not None else out
+        out = out.contiguous(memory_format=torch.channels_last)
+        return (out, reference.threshold_pack(out, *pack)) if pack is not None else out
     n, h, w, cw = packed.shape
     k = kernel_size
     ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
     rows = n * ho * wo
     blocked = block_weights(weight_packed) if blocked is None else blocked
     co = weight_packed.shape[0]
+    if pack is not None:
+        if co % 16:
+            raise ValueError("the fused threshold needs a multiple of 16 output channels")
+        pack = (_f32(pack[0]), _f32(pack[1]))
+        if pack[0].numel() != co or pack[1].numel() != co:
+            raise ValueError(f"the fused threshold needs {co} signs and thresholds")
     if epilogue is not None:
         scale, shift, res = epilogue
         if co % 16:
             raise ValueError("the fused epilogue needs a multiple of 16 output channels")
         res = res.permute(0, 2, 3, 1).float().contiguous().view(rows, co) if res is not None else None
         epilogue = (scale.float().contiguous(), shift.float().contiguous(), res)
+    if pack is not None:
+        bits = _bits_buffer((n, ho, wo, reference.words(co)), co)
+        m, bits = _bconv(packed, n, h, w, cw, k, stride, padding, ho, wo, blocked, co, epilogue, pack, bits)
+        return m.reshape(n, ho, wo, co).permute(0, 3, 1, 2), bits
     m = _bconv(packed, n, h, w, cw, k, stride, padding, ho, wo, blocked, co, epilogue)
     return m.reshape(n, ho, wo, co).permute(0, 3, 1, 2)
 

@@ -4,6 +4,7 @@ contiguous for the binarize-and-pack kernel; bits travel as (N, H, W, Cw) or (N,
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import torch
@@ -23,7 +24,12 @@ class PackedModel:
     output; for int8 weights the dequantisation scale and bias ride in that affine, since max-pooling commutes
     with a positive per-channel scale); a 1×1 conv as one matrix product (int8: scale, bias and the following
     affine folded into it); a max-pool with its affine; a binary conv with its affine and residual add (the
-    GEMM's epilogue); a global average pool as a mean; an int8 linear at batch ≤ 4 straight from the int8 weights."""
+    GEMM's epilogue) — and, when the next threshold reads that result, the threshold too: the epilogue also packs
+    the bits [sign·out ≥ T] from the output tile in registers, exactly the bits the separate threshold would give
+    (the threshold moves up past ops in between that leave its input and output registers alone, such as the
+    residual fork's copy or a downsampling shortcut); a global average pool as a mean; an int8 linear at
+    batch ≤ 4 straight from the int8 weights. ``SIBNN_INFER_FUSE_THRESHOLD=0`` (read when the model is built)
+    leaves the thresholds as steps of their own, for comparisons."""
 
     def __init__(self, program: list, tensors: dict[str, torch.Tensor], config: dict, meta: dict,
                  backend: str = "auto", int8_compute: str = "auto"):
@@ -32,6 +38,7 @@ class PackedModel:
         self.program, self.tensors, self.config, self.meta = program, tensors, config, meta
         self.backend = "reference" if backend == "reference" else "fast"
         self.int8_compute = fpops.int8_compute(int8_compute)
+        self._fuse_threshold = os.environ.get("SIBNN_INFER_FUSE_THRESHOLD", "1") not in ("0", "")
         self._fp = {}        # float32 weights of FP layers (dequantised once when stored as int8)
         self._blocked = {}   # binary weights re-laid out for the GEMM kernel
         for op in program:
@@ -68,25 +75,60 @@ class PackedModel:
         bits = {}
         for name, fn, dst, thr in self._steps:
             start = time.perf_counter() if profile is not None else 0.0
-            out = regs[dst] = fn(regs)
+            if type(dst) is str:
+                regs[dst] = fn(regs)
+            else:
+                for d, v in zip(dst, fn(regs)):
+                    regs[d] = v
             if return_bits and thr is not None:
-                b = reference.unpack_bits(out, regs[thr["src"]].shape[1])
+                b = reference.unpack_bits(regs[thr["dst"]], regs[thr["src"]].shape[1])
                 bits[thr["layer"]] = b.permute(0, 3, 1, 2) if b.dim() == 4 else b
             if profile is not None:
                 profile[name] = profile.get(name, 0.0) + time.perf_counter() - start
         return (regs["x"], bits) if return_bits else regs["x"]
 
     def _compile(self) -> list[tuple]:
-        """The program as steps (name, fn(regs) → value, destination register, threshold op or None)."""
+        """The program as steps (name, fn(regs) → value, destination register, threshold op or None); a step that
+        also runs a threshold further down the program (``_hoistable``) has destinations (value register,
+        threshold's register) and its fn returns (value, bits)."""
         fast = self.backend == "fast" and kernels.library() is not None
-        steps, i = [], 0
+        steps, i, done = [], 0, set()  # done: thresholds already run inside an earlier step
         while i < len(self.program):
+            if i in done:
+                i += 1
+                continue
             op = self.program[i]
             fused = self._fuse(i) if fast else None
             fn, n = fused if fused is not None else (functools.partial(self._run, op), 1)
-            steps.append((op["name"], fn, self.program[i + n - 1]["dst"], op if op["op"] == "threshold" else None))
+            assert not done.intersection(range(i, i + n))
+            dst, thr = self.program[i + n - 1]["dst"], op if op["op"] == "threshold" else None
+            j = self._hoistable(i, n) if fast and op["op"] == "bconv" and n > 1 and self._fuse_threshold else None
+            if j is not None:
+                thr = self.program[j]
+                fn, dst = functools.partial(self._run_fused, op, self.program[i + 1],
+                                            self.program[i + 2] if n == 3 else None, thr), (dst, thr["dst"])
+                done.add(j)
+            steps.append((op["name"], fn, dst, thr))
             i += n
         return steps
+
+    def _hoistable(self, i: int, n: int) -> int | None:
+        """The index of a threshold that can run in the epilogue of the fused bconv step covering ops i .. i+n−1,
+        or None: the first threshold after the step that reads the step's result register X, where every op in
+        between neither writes X, nor reads or writes the threshold's register, nor is a threshold itself (so
+        moving the threshold up changes no value any op sees, and bits stay in program order)."""
+        prog = self.program
+        x = prog[i + n - 1]["dst"]
+        if prog[i]["out_channels"] % 16:
+            return None
+        j = next((j for j in range(i + n, len(prog)) if prog[j]["op"] == "threshold"), None)
+        if j is None or prog[j]["src"] != x or prog[j]["dst"] == x:
+            return None
+        b = prog[j]["dst"]
+        for op in prog[i + n:j]:
+            if op["dst"] in (x, b) or b in (op.get("src"), op.get("other")):
+                return None
+        return j
 
     def _next(self, i: int, kind: str) -> dict | None:
         """Op i+1 if it is a ``kind`` working in place on op i's result (nothing else can read the value between)."""
@@ -119,7 +161,7 @@ class PackedModel:
             n = self._fusable(i)
             if n:
                 affine, add = self.program[i + 1], self.program[i + 2] if n == 2 else None
-                return functools.partial(self._run_fused, op, affine, add), n + 1
+                return functools.partial(self._run_fused, op, affine, add, None), n + 1
         if kind == "linear" and "weight_q" in op:
             t = self.tensors
             q, s, bias, wf, src = t[op["weight_q"]], t[op["weight_scale"]], t.get(op.get("bias")), \
@@ -211,11 +253,13 @@ class PackedModel:
             return 0
         return 2 if self._next(i + 1, "add") is not None else 1
 
-    def _run_fused(self, op: dict, affine: dict, add: dict | None, regs: dict) -> torch.Tensor:
+    def _run_fused(self, op: dict, affine: dict, add: dict | None, thr: dict | None, regs: dict):
         t = self.tensors
         res = regs[add["other"]] if add is not None else None
+        pack = (t[thr["sign"]], t[thr["T"]]) if thr is not None else None
+        epilogue = (t[affine["a"]], t[affine["b"]], res)
         return kernels.binary_conv2d(regs[op["src"]], op["in_channels"], t[op["weight"]], op["kernel"], op["stride"],
-                                     op["padding"], self._blocked.get(op["name"]), (t[affine["a"]], t[affine["b"]], res))
+                                     op["padding"], self._blocked.get(op["name"]), epilogue, pack)
 
     def _run(self, op: dict, regs: dict) -> torch.Tensor:
         x = regs[op["src"]]

@@ -69,7 +69,13 @@ void sibnn_threshold_pack(const float *x, int64_t rows, int64_t L, const float *
  * work = (N, H + 2·pad, W + 2·pad, Cw) words with a zero border; then each row's tap origin (int64 word offset)
  * and its popcount q[r] (int32), so work holds (pad > 0 ? N·(H + 2·pad)·(W + 2·pad)·Cw : 0) + rows + ceil(rows/2)
  * words.
- * out is (rows, Co_pad) float32; with scale: out = m·scale[co] + shift[co] (one FMA), then + res[r, co] if res. */
+ * out is (rows, Co_pad) float32; with scale: out = m·scale[co] + shift[co] (one FMA), then + res[r, co] if res.
+ * With bits (the next layer's threshold fused into the epilogue; tsign, tT (Co_pad,) float32): bit co of row r of
+ * bits = (rows, ceil(Co_pad/64)) words is [tsign[co]·out[r, co] >= tT[co]], computed from the very float stored to
+ * out, as sibnn_threshold_pack would read it.  A work item (32 channels, or 16 at the end) stores its own
+ * uint32/uint16 piece of the word (little-endian: 16-channel block b is bits 16·(b % 4) .. of word b / 4), so
+ * threads that share a word never write the same bytes; pieces past Co_pad are not written (the caller zeroes them
+ * when Co_pad % 64 != 0). */
 
 typedef struct {
     const uint64_t *base;  /* tap origin of pixel (0, 0) of image 0 in the (padded) input */
@@ -80,7 +86,15 @@ typedef struct {
     const int32_t *q;
     float *out;
     const float *scale, *shift, *res;
+    const float *tsign, *tT;
+    uint16_t *bits;        /* (rows, 4·ceil(Co_pad/64)) uint16 pieces, or 0 */
+    int64_t bits_row;      /* uint16 pieces per row of bits */
 } bconv_args;
+
+/* One 16-channel block's bits of one row (portable path): a 16-bit store of its own (see above). */
+static inline void store_bits16(const bconv_args *g, int64_t row, int64_t block, uint16_t m) {
+    memcpy(g->bits + row * g->bits_row + block, &m, sizeof m);
+}
 
 static inline const uint64_t *row_origin(const bconv_args *g, int64_t row) { return g->base + g->roff[row]; }
 
@@ -118,17 +132,34 @@ static inline __attribute__((always_inline)) void bconv_tile(const bconv_args *g
         }
     }
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    /* the arguments in locals: the stores to out could alias *g as far as the compiler knows */
+    const float *scale = g->scale, *shift = g->shift, *res = g->res, *tsign = g->tsign, *tT = g->tT;
+    float *out = g->out;
+    uint16_t *bits = g->bits;
+    const int64_t Co_pad = g->Co_pad, bits_row = g->bits_row;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
         const __m512i qv = _mm512_set1_epi32(g->q[r0 + r]);
+        uint32_t word = 0;
 #pragma GCC unroll 2
         for (int j = 0; j < NZ / 2; j++) {
             const int64_t c0 = (cb + j) * 16;
             __m512i p = _mm512_permutex2var_epi32(acc[r][2 * j], even, acc[r][2 * j + 1]);
             __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(p, p), qv));
-            if (g->scale) v = _mm512_fmadd_ps(v, _mm512_loadu_ps(g->scale + c0), _mm512_loadu_ps(g->shift + c0));
-            if (g->res) v = _mm512_add_ps(v, _mm512_loadu_ps(g->res + (r0 + r) * g->Co_pad + c0));
-            _mm512_storeu_ps(g->out + (r0 + r) * g->Co_pad + c0, v);
+            if (scale) v = _mm512_fmadd_ps(v, _mm512_loadu_ps(scale + c0), _mm512_loadu_ps(shift + c0));
+            if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + (r0 + r) * Co_pad + c0));
+            _mm512_storeu_ps(out + (r0 + r) * Co_pad + c0, v);
+            if (bits)
+                word |= (uint32_t)_mm512_cmp_ps_mask(_mm512_mul_ps(v, _mm512_loadu_ps(tsign + c0)),
+                                                     _mm512_loadu_ps(tT + c0), _CMP_GE_OQ) << (16 * j);
+        }
+        if (bits) {  /* this tile's 16·NZ/2 channels: one 16- or 32-bit store (cb is even when NZ = 4) */
+            if (NZ == 4) {
+                memcpy(bits + (r0 + r) * bits_row + cb, &word, sizeof word);
+            } else {
+                uint16_t half = (uint16_t)word;
+                memcpy(bits + (r0 + r) * bits_row + cb, &half, sizeof half);
+            }
         }
     }
 }
@@ -150,6 +181,7 @@ static void bconv_block(const bconv_args *g, int64_t r0, int mr, int64_t cb, int
 #else
     for (int r = 0; r < mr; r++) {
         const uint64_t *a = row_origin(g, r0 + r);
+        uint16_t m = 0;
         for (int64_t j = cb * 16; j < (cb + nb) * 16; j++) {
             const uint64_t *b = g->B + (j / 16) * g->L * 16 + (j % 16);
             int32_t s = 0;
@@ -160,6 +192,13 @@ static void bconv_block(const bconv_args *g, int64_t r0, int mr, int64_t cb, int
             if (g->scale) v = fmaf(v, g->scale[j], g->shift[j]);
             if (g->res) v += g->res[(r0 + r) * g->Co_pad + j];
             g->out[(r0 + r) * g->Co_pad + j] = v;
+            if (g->bits) {
+                m |= (uint16_t)((v * g->tsign[j] >= g->tT[j]) << (j % 16));
+                if (j % 16 == 15) {
+                    store_bits16(g, r0 + r, j / 16, m);
+                    m = 0;
+                }
+            }
         }
     }
 #endif
@@ -167,7 +206,8 @@ static void bconv_block(const bconv_args *g, int64_t r0, int mr, int64_t cb, int
 
 void sibnn_bconv(const uint64_t *in, int64_t N, int64_t H, int64_t W, int64_t Cw, int64_t K, int64_t stride,
                  int64_t pad, int64_t Ho, int64_t Wo, const uint64_t *B, int64_t Co_pad, float *out,
-                 const float *scale, const float *shift, const float *res, uint64_t *work, int nthreads) {
+                 const float *scale, const float *shift, const float *res, const float *tsign, const float *tT,
+                 uint64_t *bits_out, uint64_t *work, int nthreads) {
     const int64_t rows = N * Ho * Wo, T = K * K, L = T * Cw, ncb = Co_pad / 16;
     const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad;
     uint64_t *padded = pad > 0 ? work : 0;
@@ -177,7 +217,7 @@ void sibnn_bconv(const uint64_t *in, int64_t N, int64_t H, int64_t W, int64_t Cw
     for (int64_t ky = 0; ky < K; ky++)
         for (int64_t kx = 0; kx < K; kx++) toff[ky * K + kx] = (ky * Wp + kx) * Cw;
     bconv_args g = {pad > 0 ? padded : in, Hp, Wp, Ho, Wo, Cw, K, stride, T, L, Co_pad, toff, roff, B, q, out,
-                    scale, shift, res};
+                    scale, shift, res, tsign, tT, (uint16_t *)bits_out, 4 * ((Co_pad + 63) / 64)};
     /* Work items: column tiles of 32 channels (one of 16 at the end when ncb is odd) × row tiles of SIBNN_MR
      * rows, column-major so a thread keeps one weight panel hot in L1 while it sweeps the rows. */
     const int64_t nct = (ncb + 1) / 2, nrt = (rows + SIBNN_MR - 1) / SIBNN_MR;
