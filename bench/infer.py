@@ -22,6 +22,7 @@ import datetime
 import io
 import os
 import platform
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -99,23 +100,27 @@ def bench_arch(arch: str, repeats: int, batch: int) -> tuple[list[str], list[str
         rows.append(f"| {arch} ({size}) | {label} | {lat * 1e3:.1f} | {base_lat / lat:.1f}× | {thr:.1f} | "
                     f"{thr / base_thr:.1f}× | {sizes[label] / 1e6:.2f} ({sizes[label] / 2**20:.2f} MiB) | "
                     f"{flips.get(label, '')} |")
-    # Where the packed model's time goes at batch 1 (sum over 5 runs, reported per run).
-    prof: dict[str, float] = {}
-    with torch.no_grad():
-        packed(x1)
-        for _ in range(5):
-            packed(x1, profile=prof)
+    # Where each packed model's time goes at batch 1: per step, the median over 11 runs.
     kinds = {op["name"]: op["op"] for op in packed.program}
-    groups: dict[str, float] = {}
-    for name, sec in prof.items():   # a fused step is keyed by its first op (a conv with its pool, a bconv with
-        k = kinds[name]              # its affine and residual add)
-        g = {"conv": "FP conv (first conv + its pool/BN, downsample 1×1)", "linear": "FP linear (classifier)",
-             "bconv": "binary conv (im2col + AND/popcount GEMM + BN/add epilogue)", "blinear": "binary linear",
-             "threshold": "binarize + pack (folded thresholds)"}.get(k, "pools, affines, adds, other")
-        groups[g] = groups.get(g, 0.0) + sec / 5
-    total = sum(groups.values())
-    prof_rows = [f"| {arch} | {g} | {s * 1e3:.2f} | {100 * s / total:.0f} % |" for g, s in
-                 sorted(groups.items(), key=lambda kv: -kv[1])]
+    prof_rows = []
+    for label, model in [("float32 FP layers", packed), ("int8 FP layers", packed8)]:
+        runs = []
+        with torch.no_grad():
+            model(x1)
+            for _ in range(11):
+                prof: dict[str, float] = {}
+                model(x1, profile=prof)
+                runs.append(prof)
+        groups: dict[str, float] = {}
+        for name in runs[0]:  # a fused step is keyed by its first op (a conv with its pool, a bconv with its
+            k = kinds[name]   # affine and residual add)
+            g = {"conv": "FP conv (first conv + its pool/BN, downsample 1×1)", "linear": "FP linear (classifier)",
+                 "bconv": "binary conv (AND/popcount + BN/add epilogue)", "blinear": "binary linear",
+                 "threshold": "binarize + pack (folded thresholds)"}.get(k, "pools, affines, adds, other")
+            groups[g] = groups.get(g, 0.0) + statistics.median(r[name] for r in runs)
+        total = sum(groups.values())
+        prof_rows += [f"| {arch} | {label} | {g} | {s * 1e3:.2f} | {100 * s / total:.0f} % |" for g, s in
+                      sorted(groups.items(), key=lambda kv: -kv[1])]
     return rows, prof_rows, res
 
 
@@ -150,8 +155,8 @@ def main(argv=None) -> int:
         "",
         "Packed model, batch 1: where the time goes",
         "",
-        "| model | part | ms | share |",
-        "|---|---|---:|---:|",
+        "| model | packed model | part | ms | share |",
+        "|---|---|---|---:|---:|",
         *prof_rows,
     ])
     print(text)
