@@ -1,7 +1,7 @@
 """Packed Si-BNN inference vs PyTorch FP32 on the CPU (issue 7): latency at batch 1, throughput at batch 32, file
 sizes, and where the packed model's time goes. Prints a markdown table.
 
-    python bench/infer.py [--threads 2] [--archs resnet18,alexnet] [--repeats 20] [--out docs/benchmarks-infer.md]
+    python bench/infer.py [--threads 2] [--archs resnet18,alexnet] [--repeats 20] [--rounds 3] [--out FILE]
 
 Baselines, same architecture, same thread count, eval mode, no autograd:
   * "FP32 network": the full-precision model (binarizer="fp": ReLU activations, real weights), the journal's
@@ -66,7 +66,7 @@ def load() -> str:
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def bench_arch(arch: str, repeats: int, batch: int) -> tuple[list[str], list[str], dict]:
+def bench_arch(arch: str, repeats: int, batch: int, rounds: int = 3) -> tuple[list[str], list[str], dict]:
     size = SIZES[arch]
     fp = create_model(arch, "fp").eval()
     bnn = randomize(create_model(arch, "sibnn"))
@@ -85,10 +85,14 @@ def bench_arch(arch: str, repeats: int, batch: int) -> tuple[list[str], list[str
     _, ref_bits = binary_activations(bnn, x1)
     total_bits = sum(v.numel() for v in ref_bits.values())
     rows, res, flips = [], {}, {}
+    # Rounds interleave the runtimes, so a slow stretch of a shared machine hits them all; per runtime the median
+    # over rounds of each round's median.
+    per_round: dict[str, list] = {label: [] for label, _ in runs}
+    for _ in range(rounds):
+        for label, fn in runs:
+            per_round[label].append((timeit(fn, x1, repeats), batch / timeit(fn, xb, max(3, repeats // 5))))
     for label, fn in runs:
-        lat = timeit(fn, x1, repeats)
-        thr = batch / timeit(fn, xb, max(3, repeats // 5))
-        res[label] = (lat, thr)
+        res[label] = tuple(statistics.median(v[i] for v in per_round[label]) for i in (0, 1))
         if fn in (packed, packed8):
             _, bits = fn(x1, return_bits=True)
             n = sum(int((bits[k].to(v.dtype) != v).sum()) for k, v in ref_bits.items())
@@ -128,7 +132,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--archs", default="resnet18,alexnet")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per runtime per round (batch 1)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all runtimes; medians reported")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--out", default=None, help="also write the tables (with command, machine, date) here")
     p.add_argument("--machine", default="2-core CPU dev box")
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
     before = load()
     rows, prof_rows = [], []
     for arch in args.archs.split(","):
-        r, pr, _ = bench_arch(arch, args.repeats, args.batch)
+        r, pr, _ = bench_arch(arch, args.repeats, args.batch, args.rounds)
         rows += r
         prof_rows += pr
     after = load()
