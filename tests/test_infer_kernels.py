@@ -3,8 +3,6 @@ shapes that pick different code paths (register-tile row/column remainders, batc
 counts, strides, paddings, kernel sizes, output channels not a multiple of 16, the fused epilogue)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 

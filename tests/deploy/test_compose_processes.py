@@ -19,7 +19,6 @@ import pytest
 
 from service import stack
 from tests.deploy.deployment import DOCKER, REPO, TEST_SECRETS, command, environment, load_compose
-from tests.servers import VENV_BIN, free_port, stop_process_group, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +48,7 @@ class Translation:
         return str(self.paths.get(v, v))
 
     def argv(self, service: str, argv: list[str], ports: dict[str, int]) -> list[str]:
-        out = [str(VENV_BIN / argv[0]) if (VENV_BIN / argv[0]).exists() else argv[0]]
+        out = [str(stack.BIN / argv[0]) if (stack.BIN / argv[0]).exists() else argv[0]]
         for i, a in enumerate(argv[1:], 1):
             if argv[i - 1] in ports:
                 out.append(str(ports[argv[i - 1]]))
@@ -69,10 +68,8 @@ class Translation:
         return base
 
 
-def _spawn(name: str, argv: list[str], env: dict, logs: Path) -> subprocess.Popen:
-    with open(logs / f"{name}.log", "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=REPO, start_new_session=True)
+def _spawn(name: str, argv: list[str], env: dict, logs: Path) -> stack.Server:
+    return stack.spawn(name, argv, logs / f"{name}.log", env, cwd=str(REPO))
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +82,11 @@ def compose_stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("compose")
     logs = root / "logs"
     logs.mkdir()
-    procs: list[subprocess.Popen] = []
+    procs: list[stack.Server] = []
     pg = stack.start_postgres()
     tr = None
     try:
-        ports = {"postgres": pg.port, "mlflow": free_port(), "ray-head": free_port()}
+        ports = {"postgres": pg.port, "mlflow": stack.free_port(), "ray-head": stack.free_port()}
         tr = Translation(root, ports)
         # postgres: the compose init script, with the compose environment, against the private cluster
         init_env = {**tr.env(environment(services["postgres"])), "PGHOST": "127.0.0.1", "PGPORT": str(pg.port),
@@ -98,27 +95,27 @@ def compose_stack(tmp_path_factory):
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
 
-        head_ports = {"--port": free_port(), "--dashboard-port": ports["ray-head"],
-                      "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port()}
+        head_ports = {"--port": stack.free_port(), "--dashboard-port": ports["ray-head"],
+                      "--ray-client-server-port": stack.free_port(), "--dashboard-agent-listen-port": stack.free_port()}
         ray_argv = tr.argv("ray-head", command(services["ray-head"]), head_ports)
         procs.append(_spawn("ray-head", ["sh", str(DOCKER / "entrypoint.sh"), *ray_argv],
                             tr.env(environment(services["ray-head"])), logs))
         ml_argv = tr.argv("mlflow", command(services["mlflow"]), {"--port": ports["mlflow"]})
         procs.append(_spawn("mlflow", ml_argv, tr.env(environment(services["mlflow"])), logs))
-        wait_http(f"http://127.0.0.1:{ports['mlflow']}/health", 180, procs[-1], logs / "mlflow.log")
-        wait_http(f"http://127.0.0.1:{ports['ray-head']}/api/gcs_healthz", 180, procs[0], logs / "ray-head.log")
+        stack.wait_http(procs[-1], f"http://127.0.0.1:{ports['mlflow']}/health", 180)
+        stack.wait_http(procs[0], f"http://127.0.0.1:{ports['ray-head']}/api/gcs_healthz", 180)
 
-        api_port = free_port()
+        api_port = stack.free_port()
         api_argv = tr.argv("api", command(services["api"]), {"--port": api_port})
         procs.append(_spawn("api", ["sh", str(DOCKER / "entrypoint.sh"), *api_argv],
                             tr.env(environment(services["api"])), logs))
         api = f"http://127.0.0.1:{api_port}"
-        wait_http(f"{api}/healthz", 90, procs[-1], logs / "api.log")
+        stack.wait_http(procs[-1], f"{api}/healthz", 90)
         yield {"api": api, "mlflow": f"http://127.0.0.1:{ports['mlflow']}", "root": root, "argv": ray_argv,
                "logs": logs, "ray_dashboard": f"http://127.0.0.1:{ports['ray-head']}"}
     finally:
         for p in reversed(procs):
-            stop_process_group(p)
+            p.stop()
         pg.stop()
         if tr is not None:
             shutil.rmtree(tr.paths["/tmp/ray"], ignore_errors=True)

@@ -110,7 +110,7 @@ def test_the_entrypoint_starts_the_command_with_a_token_or_a_token_file():
 
 
 def test_the_healthcheck_fails_on_an_address_where_nothing_listens():
-    from tests.servers import free_port
+    from service.stack import free_port
 
     r = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), f"http://127.0.0.1:{free_port()}/health"],
                        capture_output=True, text=True, timeout=30)

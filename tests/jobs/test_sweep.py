@@ -173,7 +173,7 @@ def test_sigterm_cancels_cleanly_marks_runs_killed_and_keeps_checkpoints(mlflow_
     import subprocess
     import sys
 
-    from tests.servers import stop_process_group
+    from service.stack import Server
 
     spec = _spec(recipe={"epochs": 30, "batch_size": 16})
     import tempfile
@@ -199,7 +199,7 @@ def test_sigterm_cancels_cleanly_marks_runs_killed_and_keeps_checkpoints(mlflow_
         assert proc.wait(60) == 143
         output = proc.stdout.read().decode()
     finally:
-        stop_process_group(proc)
+        Server("jobs.run", proc, tmp_path / "jobs.run.log").stop()  # the whole group, Ray's workers too
     assert "marked KILLED" in output
     (run,) = tracking.trial_runs(c, "cancelme")
     assert run.info.status == "KILLED" and run.data.tags[tracking.TAG_STATE] == "KILLED"
