@@ -198,9 +198,7 @@ class PackedModel:
         sign = t.get(pool.get("sign"))
         a, b = (t[aff["a"]], t[aff["b"]]) if aff is not None else (None, None)
         if scale is not None:
-            a0 = a if a is not None else torch.ones_like(scale)
-            b0 = b if b is not None else torch.zeros_like(scale)
-            a, b = (a0 * scale).contiguous(), (b0 + a0 * bias if bias is not None else b0).contiguous()
+            a, b = _fold_affine(scale, bias, a, b)
         src = conv["src"]
         return lambda regs: fpops.maxpool_affine(raw(regs[src]), pool["kernel"], pool["stride"], pool["padding"],
                                                  pool["ceil_mode"], sign, a, b)
@@ -215,10 +213,9 @@ class PackedModel:
             w = self._fp[op["name"]]
             co = w.shape[0]
             bias = t.get(op.get("bias"))
-            if "weight_q" in op:   # scale, bias and affine all fold into the matrix and one bias vector
-                a0 = a if a is not None else torch.ones(co)
-                wt = (w.view(co, -1) * a0[:, None]).t().contiguous()
-                bt = (b if b is not None else torch.zeros(co)) + (a0 * bias if bias is not None else 0)
+            if "weight_q" in op:   # scale (already in w), bias and affine fold into the matrix and one bias vector
+                a_all, bt = _fold_affine(torch.ones(co), bias, a, b)
+                wt = (w.view(co, -1) * a_all[:, None]).t().contiguous()
                 a = b = None
             else:
                 wt, bt = w.view(co, -1).t().contiguous(), bias
@@ -234,9 +231,7 @@ class PackedModel:
             return fn
         raw, scale, bias = self._conv_raw(op)
         if scale is not None:
-            a0 = a if a is not None else torch.ones_like(scale)
-            b0 = b if b is not None else torch.zeros_like(scale)
-            a, b = a0 * scale, (b0 + a0 * bias if bias is not None else b0)
+            a, b = _fold_affine(scale, bias, a, b)
         a4, b4 = (a.view(1, -1, 1, 1), b.view(1, -1, 1, 1)) if a is not None else (None, None)
 
         def fn(regs):
@@ -309,6 +304,14 @@ class PackedModel:
         if kind == "copy":
             return x
         raise ValueError(f"packed program op {kind!r} is unknown to this sibnn (file version {FORMAT_VERSION})")
+
+
+def _fold_affine(scale: torch.Tensor, bias, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with A·y + B = a·(scale·y + bias) + b per channel: an int8 conv's raw output y, its dequantisation
+    scale and bias, then the affine (a, b) that follows it (None: a = 1, b = 0; bias None: 0)."""
+    a0 = a if a is not None else torch.ones_like(scale)
+    b0 = b if b is not None else torch.zeros_like(scale)
+    return (a0 * scale).contiguous(), (b0 + a0 * bias if bias is not None else b0).contiguous()
 
 
 def median_latency(fn, x, repeats: int = 5, warmup: int = 1) -> float:
