@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +27,9 @@ from service.client import Api, ApiError, home
 
 app = typer.Typer(help="Reproduce the Si-BNN paper's tables on Ray; runs recorded in MLflow.",
                   no_args_is_help=True, add_completion=False)
-console = Console()
+# A terminal's own width; 200 columns when the output goes to a pipe or a file (rich would assume 80 and cut the
+# results table's trial names to "di…"), unless COLUMNS says otherwise.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 STATE_STYLE = {"FINISHED": "green", "SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "FAILED": "red",
                "KILLED": "yellow", "CANCELLED": "yellow"}

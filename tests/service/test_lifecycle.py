@@ -5,7 +5,6 @@ import time
 
 import httpx
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from jobs import tracking
@@ -16,7 +15,7 @@ from tests.service.conftest import (AUTH, api_client, live_settings, ray_job_sta
 pytestmark = pytest.mark.slow
 
 
-def test_a_digits_sweep_survives_an_api_kill_and_ends_succeeded_with_every_trial(servers, tmp_path, monkeypatch):
+def test_a_digits_sweep_survives_an_api_kill_and_ends_succeeded_with_every_trial(servers, tmp_path):
     api = start_live_api(servers, tmp_path)
     spec = small_digits("lifecycle")
     try:
@@ -67,7 +66,6 @@ def test_a_digits_sweep_survives_an_api_kill_and_ends_succeeded_with_every_trial
         assert {r["binarizer"] for r in table["rows"]} == {"sibnn", "fp"}
 
         env = {"SIBNN_API_URL": api2.url, "SIBNN_API_TOKEN": AUTH["Authorization"].split()[1]}
-        monkeypatch.setattr(cli_module, "console", Console(width=200))
         out = CliRunner().invoke(cli_module.app, ["results", exp_id], env=env)
         assert out.exit_code == 0, out.output
         assert "digits_cnn-sibnn-rho0.3-s0" in out.output and "SUCCEEDED" in out.output
