@@ -50,11 +50,12 @@ TokenOpt = typer.Option(None, "--token", envvar="SIBNN_API_TOKEN", help="API bea
 
 # --- the stack ----------------------------------------------------------------------------------------------------
 
-def _start_stack(state: Path, port: int, mlflow_port: Optional[int], host: str, num_cpus: Optional[int]):
+def _start_stack(state: Path, port: int, mlflow_port: Optional[int], host: str, num_cpus: Optional[int],
+                 settings: Optional[dict] = None):
     from service.stack import Stack
 
     stack = Stack(state, api_port=port, mlflow_port=mlflow_port, host=host, num_cpus=num_cpus,
-                  say=lambda m: console.print(f"[dim]{m}[/dim]"))
+                  say=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False), settings=settings)
     info = stack.start()
     console.print(f"[bold green]sibnn is up[/bold green]\n  API      {info.api_url}  (OpenAPI page: "
                   f"{info.api_url}/docs)"
@@ -64,6 +65,7 @@ def _start_stack(state: Path, port: int, mlflow_port: Optional[int], host: str, 
 
 
 def _wait_for_signal(stack) -> None:
+    """Supervise the stack (a crashed API or MLflow is restarted) until Ctrl-C or SIGTERM, or the Ray head exits."""
     stop = {"now": False}
 
     def handler(signum, frame):
@@ -72,9 +74,9 @@ def _wait_for_signal(stack) -> None:
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop["now"]:
-            why = stack.failed()
+            why = stack.supervise()
             if why:
-                console.print(f"[red]{why}[/red]")
+                console.print(f"[red]{why}[/red]", highlight=False)
                 break
             time.sleep(0.5)
     finally:
@@ -82,21 +84,34 @@ def _wait_for_signal(stack) -> None:
             signal.signal(s, h)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 @app.command()
 def up(port: int = typer.Option(8000, help="API port"), host: str = typer.Option("127.0.0.1", help="API bind address"),
        mlflow_port: Optional[int] = typer.Option(None, help="MLflow port (default: a free one)"),
        num_cpus: Optional[int] = typer.Option(None, help="CPUs the Ray head offers (default: all)"),
        state: Path = typer.Option(None, "--home", envvar="SIBNN_HOME", help="state folder (default ~/.sibnn)")):
-    """Start the embedded stack (Ray head, MLflow, API) as child processes; Ctrl-C shuts it all down."""
+    """Start the embedded stack (Ray head, MLflow, API) as child processes and keep it up: a crashed API or MLflow
+    is restarted (the Ray head and its sweeps are left alone). Ctrl-C or SIGTERM shuts it all down. The SIBNN_*
+    variables of this shell reach the Ray head and the API."""
     state = (state or home()).expanduser().resolve()
+    settings = {k: v for k, v in os.environ.items() if k.startswith("SIBNN_")}
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM while starting: stop what has started, like Ctrl-C
     try:
-        stack, _ = _start_stack(state, port, mlflow_port, host, num_cpus)
+        stack, _ = _start_stack(state, port, mlflow_port, host, num_cpus, settings)
     except (RuntimeError, TimeoutError, OSError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        console.print("interrupted while starting; stopped.")
+        raise typer.Exit(130)
     console.print("[dim]Ctrl-C stops everything.[/dim]")
     try:
         _wait_for_signal(stack)
     finally:
+        for s in (signal.SIGINT, signal.SIGTERM):  # the shutdown itself is bounded (SIGTERM, then SIGKILL)
+            signal.signal(s, signal.SIG_IGN)
         console.print("[dim]stopping the API, MLflow and the Ray head…[/dim]")
         stack.stop()
         console.print("stopped.")

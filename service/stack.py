@@ -22,6 +22,9 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+# The custom resource the head declares for Tune's driver functions (jobs.sweep.DRIVER_RESOURCE; not imported:
+# the stack starts Ray without importing the jobs' torch/ray stack).
+DRIVER_RESOURCE = "TRAIN_DRIVER_RESOURCE"
 PG_BIN = Path(os.environ.get("SIBNN_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -151,11 +154,19 @@ class RayHead:
 
 
 def start_ray_head(state_dir: Path, token: str | None = None, num_cpus: int | None = None,
-                   ports: dict | None = None, wait: bool = True, timeout: float = 120) -> RayHead:
+                   ports: dict | None = None, wait: bool = True, timeout: float = 120,
+                   extra_env: dict | None = None) -> RayHead:
     """``ray start --head --block`` with token authentication on (``RAY_AUTH_MODE=token`` and the cluster's
     ``RAY_AUTH_TOKEN`` in the head's environment, inherited by every Ray process and job driver). Every port is
     chosen free so several clusters share a machine; the temp dir is private (short: Ray's socket paths are
-    limited to 107 bytes)."""
+    limited to 107 bytes).
+
+    Loopback only: a single-machine cluster. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray take 127.0.0.1 as
+    the node address (``--node-ip-address 127.0.0.1`` is rewritten to the machine's address by ``ray start``), and
+    Ray's GCS, raylet (node and object manager), agents and metrics bind to the node address when it is 127.0.0.1;
+    the dashboard has ``--dashboard-host 127.0.0.1``. ``tests/service/test_stack_supervision.py`` lists the
+    listening sockets. The head declares ``TRAIN_DRIVER_RESOURCE`` (jobs.sweep pins Tune's driver functions to it)
+    and gets ``extra_env`` (the user's ``SIBNN_*`` settings, e.g. ``SIBNN_MAX_CLUSTER_GPUS``, read by the jobs)."""
     token = token or secrets.token_hex(32)
     names = ("gcs", "dashboard", "client_server", "agent_listen", "agent_grpc", "metrics_export", "runtime_env",
              "node_manager", "object_manager")
@@ -168,10 +179,11 @@ def start_ray_head(state_dir: Path, token: str | None = None, num_cpus: int | No
            "--dashboard-agent-grpc-port", str(ports["agent_grpc"]),
            "--metrics-export-port", str(ports["metrics_export"]), "--runtime-env-agent-port", str(ports["runtime_env"]),
            "--node-manager-port", str(ports["node_manager"]), "--object-manager-port", str(ports["object_manager"]),
-           "--temp-dir", str(temp_dir)]
+           "--temp-dir", str(temp_dir), "--resources", json.dumps({DRIVER_RESOURCE: 1})]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
-    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    env = _clean_env(**(extra_env or {}), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+                     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     server = spawn("ray head", cmd, Path(state_dir) / "logs" / "ray-head.log", env)
     head = RayHead(server, f"127.0.0.1:{ports['gcs']}", f"http://127.0.0.1:{ports['dashboard']}", token, temp_dir,
                    ports)
@@ -328,48 +340,106 @@ class StackInfo:
 
 
 class Stack:
-    """Ray head + MLflow + API, started in that order (Ray and MLflow concurrently), stopped in reverse."""
+    """Ray head + MLflow + API, started in that order (Ray and MLflow concurrently), stopped in reverse.
+
+    Supervised (``supervise``, called in a loop by ``sibnn up``): a crashed API or MLflow is restarted on the same
+    port with back-off (``RESTART_BACKOFF_S``; reset after ``STABLE_S`` up), each exit and restart logged to the
+    console and ``$SIBNN_HOME/logs/stack.log``; the Ray head, which holds the running sweeps, is never touched by
+    that. Only a Ray head that exits stops the stack (with its log tail). ``settings``: the user's ``SIBNN_*``
+    variables, passed to the Ray head and the API; the stack's own wiring (home, Ray and MLflow addresses, tokens)
+    wins over them, except ``SIBNN_API_TOKEN`` and ``SIBNN_STORAGE_PATH``, which the user may set."""
+
+    RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+    STABLE_S = 60.0
 
     def __init__(self, home: Path, api_port: int = 8000, mlflow_port: int | None = None, host: str = "127.0.0.1",
-                 num_cpus: int | None = None, say=print):
+                 num_cpus: int | None = None, say=print, settings: dict | None = None):
         self.home, self.api_port, self.mlflow_port, self.host = Path(home), api_port, mlflow_port, host
         self.num_cpus, self.say = num_cpus, say
+        self.settings = {k: str(v) for k, v in (settings or {}).items() if k.startswith("SIBNN_")}
         self.ray: RayHead | None = None
         self.mlflow: MlflowServer | None = None
         self.api: Server | None = None
         self.info: StackInfo | None = None
+        self._api_env: dict = {}
+        self._restart = {name: {"failures": 0, "due": None, "since": 0.0} for name in ("mlflow", "api")}
 
     def start(self) -> StackInfo:
         self.home.mkdir(parents=True, exist_ok=True)
         token_file = self.home / "ray_auth_token"
         api_token_file = self.home / "api_token"
         ray_token = _read_or_make_secret(token_file)
-        api_token = _read_or_make_secret(api_token_file)
+        api_token = self.settings.get("SIBNN_API_TOKEN") or _read_or_make_secret(api_token_file)
+        self.mlflow_port = self.mlflow_port or free_port()
         try:
             self.say("starting the Ray head (token auth) and the MLflow server…")
-            self.ray = start_ray_head(self.home, token=ray_token, num_cpus=self.num_cpus, wait=False)
-            self.mlflow = start_mlflow(self.home, port=self.mlflow_port or free_port(), wait=False)
+            self.ray = start_ray_head(self.home, token=ray_token, num_cpus=self.num_cpus, wait=False,
+                                      extra_env=self.settings)
+            self.mlflow = start_mlflow(self.home, port=self.mlflow_port, wait=False)
             wait_http(self.mlflow.server, f"{self.mlflow.url}/health", 180)
             wait_ray(self.ray, 180)
             self.say(f"Ray {self.ray.dashboard_url} · MLflow {self.mlflow.url}; starting the API…")
-            env = api_env(home=self.home, ray=self.ray, mlflow_url=self.mlflow.url, api_token=api_token,
-                          storage_path=self.home / "runs")
-            self.api = start_api(env, self.api_port, self.host)
+            wiring = api_env(home=self.home, ray=self.ray, mlflow_url=self.mlflow.url, api_token=api_token,
+                             storage_path=None if "SIBNN_STORAGE_PATH" in self.settings else self.home / "runs")
+            self._api_env = {**self.settings, **wiring}
+            self.api = start_api(self._api_env, self.api_port, self.host)
         except BaseException:
             self.stop()
             raise
+        now = time.monotonic()
+        for st in self._restart.values():
+            st["since"] = now
         self.info = StackInfo(api_url=f"http://{self.host}:{self.api_port}", api_token=api_token,
                               mlflow_url=self.mlflow.url, ray_dashboard_url=self.ray.dashboard_url,
-                              ray_auth_token_path=str(token_file), home=str(self.home),
-                              pids={"ray": self.ray.server.pid, "mlflow": self.mlflow.server.pid,
-                                    "api": self.api.pid})
+                              ray_auth_token_path=str(token_file), home=str(self.home), pids=self._pids())
         self.info.write(self.home)
         return self.info
 
-    def failed(self) -> str | None:
-        for s in (self.api, self.mlflow and self.mlflow.server, self.ray and self.ray.server):
-            if s is not None and not s.alive():
-                return f"{s.name} exited ({s.proc.returncode}); log {s.log_path}:\n{s.log_tail()}"
+    def _pids(self) -> dict:
+        return {"ray": self.ray.server.pid, "mlflow": self.mlflow.server.pid, "api": self.api.pid}
+
+    def _log(self, msg: str) -> None:
+        self.say(msg)
+        log = self.home / "logs" / "stack.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {msg}\n")
+
+    def _server(self, name: str) -> Server:
+        return self.mlflow.server if name == "mlflow" else self.api
+
+    def _respawn(self, name: str) -> None:
+        self._server(name).stop(timeout=5)  # what is left of the old process group (MLflow's uvicorn child)
+        if name == "mlflow":
+            self.mlflow = start_mlflow(self.home, port=self.mlflow_port, wait=False)
+        else:
+            self.api = start_api(self._api_env, self.api_port, self.host, wait=False)
+        self.info.pids = self._pids()
+        self.info.write(self.home)
+
+    def supervise(self) -> str | None:
+        """One supervision step: restart a crashed API or MLflow when its back-off has passed. Returns why the
+        stack must stop (the Ray head exited), else None."""
+        if self.ray is not None and not self.ray.server.alive():
+            s = self.ray.server
+            return f"{s.name} exited ({s.proc.returncode}); log {s.log_path}:\n{s.log_tail()}"
+        now = time.monotonic()
+        for name, st in self._restart.items():
+            server = self._server(name)
+            if server.alive():
+                if st["failures"] and st["due"] is None and now - st["since"] >= self.STABLE_S:
+                    st["failures"] = 0
+                continue
+            if st["due"] is None:
+                delay = self.RESTART_BACKOFF_S[min(st["failures"], len(self.RESTART_BACKOFF_S) - 1)]
+                st["failures"] += 1
+                st["due"] = now + delay
+                self._log(f"{server.name} exited ({server.proc.returncode}); restart {st['failures']} in "
+                          f"{delay:g}s (the Ray head is left running); log {server.log_path}:\n{server.log_tail(10)}")
+            elif now >= st["due"]:
+                self._respawn(name)
+                st["due"], st["since"] = None, now
+                self._log(f"{name} restarted (pid {self._server(name).pid})")
         return None
 
     def stop(self) -> None:
