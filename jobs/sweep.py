@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 import ray.train
 from ray import tune
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from mlflow.entities import Metric
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -26,6 +26,15 @@ from jobs.spec import ExperimentSpec, TrialSpec
 from jobs.train_loop import CHECKPOINT_FILE, train_loop_per_worker
 
 DRIVER_CPU = 0.01  # a Tune driver function only waits on its trainer; a whole CPU each would deadlock small boxes
+# Ray's Tune-over-Train guide: driver functions run on a "safe" node that declares a custom resource (the head in
+# compose, KubeRay and the embedded stack: `--resources '{"TRAIN_DRIVER_RESOURCE": 1}'`), never on the GPU nodes
+# they would keep from scaling down. A sliver each: up to 100 drivers on the head.
+DRIVER_RESOURCE = "TRAIN_DRIVER_RESOURCE"
+DRIVER_RESOURCE_SHARE = 0.01
+# The cluster at full size when it autoscales (KubeRay: maxReplicas × GPUs per worker pod); read from the head's
+# environment. Unset: the cluster is what it is now.
+MAX_GPUS_ENV, MAX_CPUS_ENV = "SIBNN_MAX_CLUSTER_GPUS", "SIBNN_MAX_CLUSTER_CPUS"
+TORCH_BACKEND_ENV = "SIBNN_TORCH_BACKEND"
 TRAIN_MAX_FAILURES = 2  # worker crashes a trial survives (it resumes from its last checkpoint)
 TUNE_MAX_FAILURES = 1   # driver-function failures Tune retries
 
@@ -38,34 +47,69 @@ class SweepOutcome:
 
 
 class InfeasibleTrialError(RuntimeError):
-    """A trial asks for more than the whole cluster has: Tune would wait for it forever."""
+    """A trial asks for more than the whole cluster can ever have: Tune would wait for it forever."""
+
+
+def _env_amount(name: str) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: not a number") from None
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"{name}={raw!r}: must be a number >= 0")
+    return value
+
+
+def cluster_capacity(resources: dict) -> dict:
+    """What the cluster can hold at full size: its resources now, raised to ``SIBNN_MAX_CLUSTER_GPUS`` /
+    ``SIBNN_MAX_CLUSTER_CPUS`` where those say more (an autoscaling cluster whose GPU group is scaled to zero has
+    no GPU at submit time, but will have them when the trials ask)."""
+    cap = {"CPU": float(resources.get("CPU", 0.0)), "GPU": float(resources.get("GPU", 0.0))}
+    for key, env in (("GPU", MAX_GPUS_ENV), ("CPU", MAX_CPUS_ENV)):
+        most = _env_amount(env)
+        if most is not None:
+            cap[key] = max(cap[key], most)
+    return cap
 
 
 def check_feasible(spec: ExperimentSpec, resources: dict) -> None:
-    """Fail fast when one trial cannot fit the cluster. Autoscaling clusters (KubeRay with GPU workers scaled to
-    zero) set SIBNN_ALLOW_PENDING_RESOURCES=1 on the head: their resources appear once a trial asks for them."""
-    if os.environ.get("SIBNN_ALLOW_PENDING_RESOURCES") == "1":
-        return
+    """Fail fast when one trial cannot fit the cluster even at its full size (``cluster_capacity``)."""
     r = spec.resources
+    cap = cluster_capacity(resources)
     need_cpu = r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU
     need_gpu = r.workers_per_trial * r.gpus_per_worker
-    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if need_cpu > have_cpu + 1e-9 or need_gpu > have_gpu + 1e-9:
+    if need_cpu > cap["CPU"] + 1e-9 or need_gpu > cap["GPU"] + 1e-9:
+        grows = (f" ({MAX_GPUS_ENV}={os.environ.get(MAX_GPUS_ENV)}, {MAX_CPUS_ENV}={os.environ.get(MAX_CPUS_ENV)})"
+                 if os.environ.get(MAX_GPUS_ENV) or os.environ.get(MAX_CPUS_ENV) else "")
         raise InfeasibleTrialError(
             f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (resources: {r.workers_per_trial} workers × "
             f"{r.cpus_per_worker:g} CPUs, {r.gpus_per_worker:g} GPUs, plus {DRIVER_CPU} CPU for its driver), the "
-            f"Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs; lower the resources or add nodes "
-            f"(set SIBNN_ALLOW_PENDING_RESOURCES=1 on an autoscaling cluster)")
+            f"Ray cluster can have at most {cap['CPU']:g} CPUs and {cap['GPU']:g} GPUs{grows}; lower the resources "
+            f"or add nodes (an autoscaling cluster: set {MAX_GPUS_ENV} / {MAX_CPUS_ENV} on the head to its size "
+            f"at maxReplicas)")
 
 
 def max_concurrent_trials(spec: ExperimentSpec, resources: dict) -> int:
-    """As many trials at once as the cluster's GPUs (CPUs on a CPU cluster) hold."""
+    """As many trials at once as the cluster at full size holds: its GPUs (CPUs on a CPU cluster)."""
     r = spec.resources
+    cap = cluster_capacity(resources)
     if r.gpus_per_worker > 0:
-        fit = resources.get("GPU", 0) // (r.workers_per_trial * r.gpus_per_worker)
+        fit = cap["GPU"] // (r.workers_per_trial * r.gpus_per_worker)
     else:
-        fit = resources.get("CPU", 0) // (r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU)
+        fit = cap["CPU"] // (r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU)
     return max(1, min(int(fit), len(spec.trials())))
+
+
+def driver_resources(resources: dict) -> dict:
+    """What each Tune driver function asks for: a sliver of CPU, and of the head's driver resource when the
+    cluster declares it (a cluster that does not, e.g. a bare ``ray.init()``, runs the drivers anywhere)."""
+    out = {"CPU": DRIVER_CPU}
+    if resources.get(DRIVER_RESOURCE, 0) > 0:
+        out[DRIVER_RESOURCE] = DRIVER_RESOURCE_SHARE
+    return out
 
 
 def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path: str, mlflow_uri: str,
@@ -82,6 +126,9 @@ def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path:
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
+        # Ray's default: NCCL when the workers have GPUs; SIBNN_TORCH_BACKEND overrides it (gloo on a cluster
+        # whose GPUs torch cannot use, e.g. the scheduling tests' fake GPUs).
+        torch_config=TorchConfig(backend=os.environ.get(TORCH_BACKEND_ENV) or None),
         train_loop_config={"spec": spec.model_dump(mode="json"), "trial": trial.model_dump(),
                            "mlflow_uri": mlflow_uri, "mlflow_run_id": run_id, "data_root": data_root,
                            "data_fingerprint": data_fingerprint},
@@ -166,8 +213,10 @@ def _input_size(spec: ExperimentSpec, trial: TrialSpec) -> int:
 
 
 def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, mlflow_uri: str,
-              data_root: str | None, data_fingerprint: str) -> SweepOutcome:
-    check_feasible(spec, ray.cluster_resources())
+              data_root: str | None, data_fingerprint: str, callbacks: list | None = None) -> SweepOutcome:
+    """``callbacks``: Tune callbacks of a new sweep (observers, e.g. the scheduling tests')."""
+    resources = ray.cluster_resources()
+    check_feasible(spec, resources)
     client = tracking.client(mlflow_uri)
     parent = tracking.ensure_parent_run(client, experiment_id, spec)
     client.update_run(parent, status="RUNNING")
@@ -175,7 +224,7 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
     driver = partial(run_trial, spec_json=spec.model_dump_json(), experiment_id=experiment_id,
                      storage_path=storage_path, mlflow_uri=mlflow_uri, parent_run_id=parent, data_root=data_root,
                      data_fingerprint=data_fingerprint)
-    trainable = tune.with_resources(driver, {"cpu": DRIVER_CPU})
+    trainable = tune.with_resources(driver, driver_resources(resources))
     name = tracking.experiment_name(experiment_id)
     path = str(Path(storage_path) / name)
     if tune.Tuner.can_restore(path):
@@ -185,9 +234,9 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search([t.model_dump() for t in trials])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials(spec, ray.cluster_resources()),
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials(spec, resources),
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path,
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=TUNE_MAX_FAILURES)),
         )
     grid = tuner.fit()

@@ -56,6 +56,9 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # GPUs Ray handed out that torch cannot see (a test cluster declaring fake GPUs): train on the CPU
+        device = torch.device("cpu")
     use_cuda = device.type == "cuda"
     amp = spec.recipe.amp and use_cuda
     channels_last = spec.recipe.channels_last and use_cuda
@@ -70,7 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
         fmt=ds.format, policy=ds.policy, amp=amp, channels_last=channels_last, image_size=ds.image_size)
     model = create_model(trial.arch, trial.binarizer, trial.rho if trial.rho is not None else 0.3, num_classes,
                          **model_kwargs(trial.arch, input_shape))
-    model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+    model = ray.train.torch.prepare_model(model, move_to_device=device)  # DDP when world > 1
     if spec.recipe.compile and use_cuda:
         model = torch.compile(model)  # checkpoints unwrap it (sibnn.engine.unwrap)
     optimizer = build_optimizer(model, recipe)

@@ -13,6 +13,13 @@
 | SIBNN_STORAGE_PATH | $SIBNN_HOME/runs | checkpoints and Tune state, a path every Ray node sees |
 | SIBNN_API_TOKEN | – | bearer token for every request that changes state (none set: such requests get 401) |
 | SIBNN_HOST / SIBNN_PORT | 127.0.0.1 / 8000 | bind address of ``sibnn up`` / ``python -m service`` |
+
+Read by the jobs from the Ray head's environment (``sibnn up`` passes its shell's ``SIBNN_*`` to the head):
+
+| env | default | what |
+|---|---|---|
+| SIBNN_MAX_CLUSTER_GPUS / _CPUS | the cluster now | its size at full scale: trial concurrency, too-large trials |
+| SIBNN_TORCH_BACKEND | NCCL with GPUs, else gloo | torch.distributed backend of the trials |
 """
 from __future__ import annotations
 

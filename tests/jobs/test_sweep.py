@@ -55,14 +55,16 @@ def test_a_trial_larger_than_the_cluster_is_refused_not_left_waiting(monkeypatch
     from jobs.sweep import InfeasibleTrialError, check_feasible
 
     spec = _spec(resources={"workers_per_trial": 2, "cpus_per_worker": 1})
-    with pytest.raises(InfeasibleTrialError, match="needs 2.01 CPUs and 0 GPUs .* has 2 CPUs and 0 GPUs"):
+    monkeypatch.delenv("SIBNN_MAX_CLUSTER_GPUS", raising=False)
+    monkeypatch.delenv("SIBNN_MAX_CLUSTER_CPUS", raising=False)
+    with pytest.raises(InfeasibleTrialError, match="needs 2.01 CPUs and 0 GPUs .* at most 2 CPUs and 0 GPUs"):
         check_feasible(spec, {"CPU": 2.0})
     gpu = _spec(resources={"gpus_per_worker": 1})
     with pytest.raises(InfeasibleTrialError, match="1 GPUs"):
         check_feasible(gpu, {"CPU": 8.0})
     check_feasible(_spec(), {"CPU": 2.0})  # 0.51 CPU fits
-    monkeypatch.setenv("SIBNN_ALLOW_PENDING_RESOURCES", "1")
-    check_feasible(gpu, {"CPU": 8.0})  # an autoscaling cluster gets its GPUs when the trial asks
+    monkeypatch.setenv("SIBNN_MAX_CLUSTER_GPUS", "8")
+    check_feasible(gpu, {"CPU": 8.0})  # an autoscaling cluster gets its GPUs when the trial asks (test_scheduling)
 
 
 def test_grid_on_digits_yields_child_runs_under_one_parent(local_ray, mlflow_uri, tmp_path):
