@@ -57,4 +57,5 @@ HEALTHCHECK --interval=15s --timeout=10s --start-period=90s --retries=5 \
 ENTRYPOINT ["sibnn-entrypoint"]
 CMD ["ray", "start", "--head", "--block", "--disable-usage-stats", "--port", "6379", "--include-dashboard", "true", \
      "--dashboard-host", "0.0.0.0", \
-     "--dashboard-port", "8265", "--dashboard-agent-listen-port", "52365", "--temp-dir", "/tmp/ray"]
+     "--dashboard-port", "8265", "--dashboard-agent-listen-port", "52365", "--temp-dir", "/tmp/ray", \
+     "--resources", "{\"TRAIN_DRIVER_RESOURCE\": 1}"]
