@@ -137,6 +137,7 @@ def main(argv=None) -> int:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         torch.save(checkpoint_dict(model, optimizer, scheduler, state,
                                    {"arch": arch, "binarizer": args.binarizer, "rho": args.rho,
+                                    "weight_grad": args.weight_grad, "init": args.init,
                                     "num_classes": num_classes, **model_kwargs(arch, input_shape)}), args.save)
     if args.json:
         Path(args.json).write_text(json.dumps(state.history, indent=1))
