@@ -2,7 +2,7 @@
 initialisation (faithful σ = 1/fan_in vs PyTorch's default), Si-BNN, mean ± std over seeds. Prints a markdown table.
 
     python bench/fidelity_ablation.py                      # digits + synthetic 32×32, 3 seeds (CPU, minutes)
-    python bench/fidelity_ablation.py --seeds 0,1,2,3,4 --digits-epochs 15 --synth-epochs 10
+    python bench/fidelity_ablation.py --tasks synthetic --configs default,ste --noise 3 --synth-train 1000
 
 Tasks: the embedded digits (digits_cnn, 8×8) and a CIFAR-sized synthetic task generated here (no download):
 10 classes, each a fixed random 3×32×32 pattern of low-frequency gratings; a sample is its class's pattern shifted
@@ -25,10 +25,10 @@ from sibnn.engine import fit, seed_everything
 from sibnn.models import create_model
 from sibnn.recipe import build_optimizer, build_scheduler, get_recipe
 
-CONFIGS = {  # name → (weight_grad, init); the first is the faithful default
-    "authors grad, faithful init (default)": ("authors", "faithful"),
-    "ste grad, faithful init": ("ste", "faithful"),
-    "authors grad, torch init": ("authors", "torch"),
+CONFIGS = {  # short name → (column label, weight_grad, init); the first is the faithful default
+    "default": ("authors grad, faithful init (default)", "authors", "faithful"),
+    "ste": ("ste grad, faithful init", "ste", "faithful"),
+    "torch": ("authors grad, torch init", "authors", "torch"),
 }
 
 
@@ -81,28 +81,36 @@ def main():
     p.add_argument("--noise", type=float, default=1.5)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tasks", default="digits,synthetic")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     args = p.parse_args()
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        p.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    configs = {CONFIGS[c][0]: CONFIGS[c][1:] for c in args.configs.split(",")}
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    tasks = {
-        f"digits (digits_cnn, {args.digits_epochs} ep)": (load_small_dataset("digits"), "digits_cnn", {},
-                                                          args.digits_epochs),
-        f"synthetic 32×32 (vgg_small w{args.width}, {args.synth_epochs} ep)": (
-            synthetic32(args.synth_train, 1000, args.noise), "vgg_small", {"width": args.width}, args.synth_epochs),
-    }
+    tasks = {}
+    if "digits" in args.tasks.split(","):
+        tasks[f"digits (digits_cnn, {args.digits_epochs} ep)": (load_small_dataset("digits"), "digits_cnn", {},
+                                                          args.digits_epochs)
+    if "synthetic" in args.tasks.split(","):
+        tasks[f"synthetic 32×32 (noise {args.noise:g}, {args.synth_train} train, vgg_small w{args.width}, "
+              f"{args.synth_epochs} ep)"] = (synthetic32(args.synth_train, 1000, args.noise), "vgg_small",
+                                             {"width": args.width}, args.synth_epochs)
     start = time.perf_counter()
     results: dict[tuple[str, str], list[float]] = {}
     for task, (ds, arch, kw, epochs) in tasks.items():
-        for cname, (wg, init) in CONFIGS.items():
+        for cname, (wg, init) in configs.items():
             results[(task, cname)] = [run(ds, arch, kw, epochs, s, wg, init) for s in seeds]
             print(f"  {task} / {cname}: {results[(task, cname)]}", flush=True)
     print(f"\nSi-BNN ρ = 0.3, final test top-1 (%), mean ± std over seeds {seeds}, CPU, torch {torch.__version__}, "
           f"{time.perf_counter() - start:.0f} s\n")
-    print("| task | " + " | ".join(CONFIGS) + " |")
-    print("|---|" + "---:|" * len(CONFIGS))
+    print("| task | " + " | ".join(configs) + " |")
+    print("|---|" + "---:|" * len(configs))
     for task in tasks:
         cells = []
-        for cname in CONFIGS:
+        for cname in configs:
             v = results[(task, cname)]
             cells.append(f"{statistics.fmean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}")
         print(f"| {task} | " + " | ".join(cells) + " |")
