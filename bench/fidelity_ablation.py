@@ -92,7 +92,7 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     tasks = {}
     if "digits" in args.tasks.split(","):
-        tasks[f"digits (digits_cnn, {args.digits_epochs} ep)": (load_small_dataset("digits"), "digits_cnn", {},
+        tasks[f"digits (digits_cnn, {args.digits_epochs} ep)"] = (load_small_dataset("digits"), "digits_cnn", {},
                                                           args.digits_epochs)
     if "synthetic" in args.tasks.split(","):
         tasks[f"synthetic 32×32 (noise {args.noise:g}, {args.synth_train} train, vgg_small w{args.width}, "

@@ -88,7 +88,8 @@ INITS = ("faithful", "torch")
 def init_weights_(model: nn.Module, init: str = "faithful") -> nn.Module:
     """Initialise every conv and linear weight of ``model`` (binary and full-precision layers) and its BatchNorms.
 
-    ``"faithful"`` (default) [code]: weights ~ N(0, (1/fan_in)²), biases 0, BatchNorm γ = 1, β = 0.
+    ``"faithful"`` (default) [code]: weights ~ N(0, (1/fan_in)²), BatchNorm γ = 1, β = 0; biases (only the last
+    FC has one) 0 [choice: the script leaves PyTorch's default uniform bias].
     ``"torch"`` [choice, ablation]: PyTorch's own default for conv/linear layers (kaiming-uniform with a = √5, i.e.
     U(±1/√fan_in); biases U(±1/√fan_in)), applied to the binary layers' latent weights too.
     """

@@ -62,29 +62,30 @@ def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
     """METHOD.md §2: W_b = α_o · sign(W), α_o = mean |W| over output channel o's filter (a row for linear layers).
 
     The latent weight is read clamped to [−1, 1] (the engine also clamps it after each optimiser step, see
-    ``clamp_latent_weights_``). sign(0) is +1, like the activations. The forward value is exactly α·sign(W)
-    (``wb + (S − S.detach())``, the second term exactly zero); the gradient is that of a surrogate S:
+    ``clamp_latent_weights_``). sign(0) is +1, like the activations. The forward value is exactly α·sign(W) (every
+    ``t − t.detach()`` term below is exactly zero); the gradient is that of a surrogate S:
 
     * ``grad="authors"`` (default) [code: ``util.py`` ``BinOp.updateBinaryGradWeight_new``, the rule the authors'
       script calls]: with g = ∂L/∂W_b and n = elements of one output filter,
       ∂L/∂W = g·1[|W| ≤ 1]·(1 − 1/n) + sign(W)·mean_o(sign(W) ⊙ g) — the second term is the path through α.
-      S = clamp(W)·(1 − 1/n) + sign(W)·mean_o(sign(W) ⊙ W), with sign(W) detached.
+      S = clamp(W)·(1 − 1/n) + sign(W)·mean_o |W|, with sign(W) detached (sign(W) ⊙ W = |W|).
     * ``grad="ste"`` [choice, ablation]: α detached, the masked straight-through gradient g·1[|W| ≤ 1] (S = clamp(W)).
     """
     if grad not in WEIGHT_GRADS:
         raise ValueError(f"unknown weight gradient {grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
     wc = w.clamp(-1.0, 1.0)
     dims = tuple(range(1, w.dim()))
+    n = w[0].numel()
+    ste = wc - wc.detach()  # exactly 0; its gradient is g·1[|W| ≤ 1]
     with torch.no_grad():
-        alpha = wc.abs().mean(dim=dims, keepdim=True)
-        wb = torch.copysign(alpha.expand_as(wc), wc + 0.0)
+        alpha = torch.linalg.vector_norm(wc, 1, dims, keepdim=True) / n  # one fused pass: mean |W| per filter
     if grad == "ste":
-        surrogate = wc
-    else:
-        n = w[0].numel()
-        sign = _sign(wc.detach())
-        surrogate = wc * (1.0 - 1.0 / n) + sign * (sign * w).mean(dim=dims, keepdim=True)
-    return wb + (surrogate - surrogate.detach())
+        return torch.copysign(alpha.expand_as(wc), wc.detach() + 0.0) + ste
+    # The path through α: m = mean_o |W| has gradient sign(W)/n per element (unmasked, as in the script), and
+    # copysign passes Σ_o g·sign(W) to its magnitude α; ``alpha + (m − m.detach())`` keeps α's value exactly.
+    m = torch.linalg.vector_norm(w, 1, dims, keepdim=True) / n
+    wb = torch.copysign((alpha + (m - m.detach())).expand_as(wc), wc.detach() + 0.0)
+    return torch.add(wb, ste, alpha=1.0 - 1.0 / n)  # fused: wb + (1 − 1/n)·ste
 
 
 class SiBinarize(nn.Module):
