@@ -2,6 +2,7 @@
 
     python bench/train_step.py                                  # CPU, 64 px, batch 16
     python bench/train_step.py --device cuda --size 224 --batch 256 --amp --channels-last [--compile]
+    python bench/train_step.py --binarizers fp,sibnn --weight-grad authors,ste   # cost of the authors' rule
 
 A step is forward + backward + Adam step + latent-weight clamp, on synthetic tensors (no data loading), timed after
 warm-up with the device synchronised. Prints a markdown table.
@@ -20,9 +21,9 @@ from sibnn.models import create_model
 from sibnn.recipe import build_optimizer, get_recipe
 
 
-def make_step(arch, binarizer, args, device):
+def make_step(arch, binarizer, args, device, weight_grad="authors"):
     torch.manual_seed(0)
-    model = create_model(arch, binarizer, num_classes=1000).to(device)
+    model = create_model(arch, binarizer, num_classes=1000, weight_grad=weight_grad).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, get_recipe("aaai"))
@@ -78,9 +79,16 @@ def main():
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--binarizers", default="fp,sign,sibnn")
+    p.add_argument("--weight-grad", default="authors",
+                   help="comma list of binary weight gradient rules (authors, ste); >1 gives a row per rule")
     args = p.parse_args()
     device = torch.device(args.device)
-    rows = measure({b: make_step(args.arch, b, args, device) for b in args.binarizers.split(",")}, args, device)
+    grads = args.weight_grad.split(",")
+    steps = {}
+    for b in args.binarizers.split(","):
+        for g in (grads if b != "fp" and len(grads) > 1 else grads[:1]):
+            steps[b if b == "fp" or len(grads) == 1 else f"{b} ({g})"] = make_step(args.arch, b, args, device, g)
+    rows = measure(steps, args, device)
     fp = rows.get("fp", (None,))[0]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.arch}, batch {args.batch}, {args.size} px, {name}, amp={args.amp}, channels_last="

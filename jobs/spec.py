@@ -103,6 +103,9 @@ class RecipeSpec(_Strict):
     amp: bool = Field(False, description="bf16 autocast (GPU workers)")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the model on GPU workers (fuses the binarizers)")
+    weight_grad: Literal["authors", "ste"] = Field(
+        "authors", description="binary weights' gradient: the authors' rule (path through α, default) or the "
+                               "masked straight-through ablation (docs/fidelity.md)")
 
     @field_validator("milestones")
     @classmethod

@@ -72,7 +72,7 @@ def train_loop_per_worker(config: dict) -> None:
         recipe.batch_size, arch=trial.arch, device=device, seed=trial.seed, shard_id=rank, num_shards=world,
         fmt=ds.format, policy=ds.policy, amp=amp, channels_last=channels_last, image_size=ds.image_size)
     model = create_model(trial.arch, trial.binarizer, trial.rho if trial.rho is not None else 0.3, num_classes,
-                         **model_kwargs(trial.arch, input_shape))
+                         weight_grad=spec.recipe.weight_grad, **model_kwargs(trial.arch, input_shape))
     model = ray.train.torch.prepare_model(model, move_to_device=device)  # DDP when world > 1
     if spec.recipe.compile and use_cuda:
         model = torch.compile(model)  # checkpoints unwrap it (sibnn.engine.unwrap)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sibnn.quant import binarize_weight, make_activation
+from sibnn.quant import WEIGHT_GRADS, binarize_weight, make_activation
 
 
 class BinaryLayer(nn.Module):
@@ -26,9 +26,11 @@ class BinaryLayer(nn.Module):
     weight: nn.Parameter
     binary_weight: bool
     binarizer: str
+    # The weight gradient rule of ``binarize_weight`` ("authors" | "ste"); ``set_weight_grad_`` sets it model-wide.
+    weight_grad: str = "authors"
 
     def quantized_weight(self) -> torch.Tensor:
-        return binarize_weight(self.weight) if self.binary_weight else self.weight
+        return binarize_weight(self.weight, self.weight_grad) if self.binary_weight else self.weight
 
 
 class BinaryConv2d(BinaryLayer):
@@ -73,10 +75,48 @@ class BinaryLinear(BinaryLayer):
 
 
 def init_normal_fan_in_(w: torch.Tensor) -> torch.Tensor:
-    """N(0, 1/fan_in), the authors' script's init for conv and FC weights (METHOD.md §4)."""
+    """N(0, σ²) with σ = 1/fan_in (not 1/√fan_in), fan_in = elements of one output filter: the authors' script's
+    init for every conv and FC weight (METHOD.md §4 [code: ``main_sibnn_learn.py``, ``normal_(0, 1.0/c)``])."""
     fan_in = w[0].numel()
     with torch.no_grad():
-        return w.normal_(0.0, 1.0 / math.sqrt(fan_in))
+        return w.normal_(0.0, 1.0 / fan_in)
+
+
+INITS = ("faithful", "torch")
+
+
+def init_weights_(model: nn.Module, init: str = "faithful") -> nn.Module:
+    """Initialise every conv and linear weight of ``model`` (binary and full-precision layers) and its BatchNorms.
+
+    ``"faithful"`` (default) [code]: weights ~ N(0, (1/fan_in)²), BatchNorm γ = 1, β = 0; biases (only the last
+    FC has one) 0 [choice: the script leaves PyTorch's default uniform bias].
+    ``"torch"`` [choice, ablation]: PyTorch's own default for conv/linear layers (kaiming-uniform with a = √5, i.e.
+    U(±1/√fan_in); biases U(±1/√fan_in)), applied to the binary layers' latent weights too.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, BinaryLayer)):
+            if init == "faithful":
+                init_normal_fan_in_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, BinaryLayer):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+            else:
+                m.reset_parameters()
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()  # γ = 1, β = 0, running statistics reset
+    return model
+
+
+def set_weight_grad_(model: nn.Module, weight_grad: str) -> nn.Module:
+    """Select the weight gradient rule of every binary layer (see ``binarize_weight``)."""
+    if weight_grad not in WEIGHT_GRADS:
+        raise ValueError(f"unknown weight_grad {weight_grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
+    for _, m in binary_layers(model):
+        m.weight_grad = weight_grad
+    return model
 
 
 def binary_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:

@@ -10,10 +10,15 @@ import torch
 from torch import nn
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half/bf16 inputs (float64 stays float64): the dtype the binarizer compares in (METHOD.md §4)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast a (C,) or (1,) parameter over dimension 1 of an (N, C) or (N, C, H, W) input, in the input's
-    dtype (under bf16 autocast the code comes out in bf16 and the threshold is compared at that precision)."""
-    p = p.to(x.dtype)
+    """Broadcast a (C,) or (1,) parameter over dimension 1 of an (N, C) or (N, C, H, W) input, in float32 at least
+    (never in the input's bf16/fp16: a threshold must not move with the activation dtype, METHOD.md §4)."""
+    p = p.to(_compute_dtype(x))
     if x.dim() == 2:
         return p.view(1, -1)
     if x.dim() == 4:
@@ -27,35 +32,60 @@ def si_binarize(x: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor, rho: 
 
     ``y - y.detach()`` is exactly zero in value, so the output is exactly ``b``; its gradient is the window mask.
     Autograd through y = (x − θ)·s then gives the three gradients of §1 (x: s·g, θ: −s·Σg, s: Σ(x − θ)·g).
+    y is computed in float32 whatever the input dtype (a bf16 x is widened exactly; θ and s are never rounded to
+    bf16), and the code {0, 1} is returned in the input's dtype, where it is exact.
     """
-    y = (x - _per_channel(theta, x)) * _per_channel(scale, x)
+    xc = x.to(_compute_dtype(x))
+    y = (xc - _per_channel(theta, x)) * _per_channel(scale, x)
     b = (y >= 0).to(y.dtype)
     window = ((y > -rho) & (y < 1)).to(y.dtype)
-    return b + (y - y.detach()) * window
+    return (b + (y - y.detach()) * window).to(x.dtype)
+
+
+def _sign(w: torch.Tensor) -> torch.Tensor:
+    """±1 with sign(±0) = +1 (copysign is ~10× faster than a broadcasting torch.where on CPU; "+ 0.0" turns −0.0
+    into +0.0)."""
+    return torch.copysign(torch.ones_like(w), w + 0.0)
 
 
 def sign_binarize(x: torch.Tensor) -> torch.Tensor:
     """The sign-BNN baseline: forward sign(x) ∈ {−1, +1} with 0 → +1; backward hardtanh STE (1 where |x| ≤ 1)."""
-    b = torch.copysign(torch.ones_like(x), x + 0.0)  # ±1 with sign(±0) = +1
+    b = _sign(x)
     window = (x.abs() <= 1).to(x.dtype)
     return b + (x - x.detach()) * window
 
 
-def binarize_weight(w: torch.Tensor) -> torch.Tensor:
+WEIGHT_GRADS = ("authors", "ste")
+
+
+def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
     """METHOD.md §2: W_b = α_o · sign(W), α_o = mean |W| over output channel o's filter (a row for linear layers).
 
     The latent weight is read clamped to [−1, 1] (the engine also clamps it after each optimiser step, see
-    ``clamp_latent_weights_``), and the gradient reaches it straight through sign, masked where |W| > 1: that is
-    exactly the gradient of the clamp. α carries no gradient [choice: as in the authors' ReActNet-lineage script,
-    α is a detached statistic]. sign(0) is +1, like the activations.
+    ``clamp_latent_weights_``). sign(0) is +1, like the activations. The forward value is exactly α·sign(W) (every
+    ``t − t.detach()`` term below is exactly zero); the gradient is that of a surrogate S:
+
+    * ``grad="authors"`` (default) [code: ``util.py`` ``BinOp.updateBinaryGradWeight_new``, the rule the authors'
+      script calls]: with g = ∂L/∂W_b and n = elements of one output filter,
+      ∂L/∂W = g·1[|W| ≤ 1]·(1 − 1/n) + sign(W)·mean_o(sign(W) ⊙ g) — the second term is the path through α.
+      S = clamp(W)·(1 − 1/n) + sign(W)·mean_o |W|, with sign(W) detached (sign(W) ⊙ W = |W|).
+    * ``grad="ste"`` [choice, ablation]: α detached, the masked straight-through gradient g·1[|W| ≤ 1] (S = clamp(W)).
     """
+    if grad not in WEIGHT_GRADS:
+        raise ValueError(f"unknown weight gradient {grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
     wc = w.clamp(-1.0, 1.0)
+    dims = tuple(range(1, w.dim()))
+    n = w[0].numel()
+    ste = wc - wc.detach()  # exactly 0; its gradient is g·1[|W| ≤ 1]
     with torch.no_grad():
-        alpha = wc.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
-        # copysign is ~10× faster than a broadcasting torch.where on CPU; "+ 0.0" turns −0.0 into +0.0 so that
-        # sign(0) = +1 holds for both zeros.
-        wb = torch.copysign(alpha.expand_as(wc), wc + 0.0)
-    return wc + (wb - wc).detach()
+        alpha = torch.linalg.vector_norm(wc, 1, dims, keepdim=True) / n  # one fused pass: mean |W| per filter
+    if grad == "ste":
+        return torch.copysign(alpha.expand_as(wc), wc.detach() + 0.0) + ste
+    # The path through α: m = mean_o |W| has gradient sign(W)/n per element (unmasked, as in the script), and
+    # copysign passes Σ_o g·sign(W) to its magnitude α; ``alpha + (m − m.detach())`` keeps α's value exactly.
+    m = torch.linalg.vector_norm(w, 1, dims, keepdim=True) / n
+    wb = torch.copysign((alpha + (m - m.detach())).expand_as(wc), wc.detach() + 0.0)
+    return torch.add(wb, ste, alpha=1.0 - 1.0 / n)  # fused: wb + (1 − 1/n)·ste
 
 
 class SiBinarize(nn.Module):

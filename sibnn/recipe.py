@@ -1,6 +1,6 @@
 """Training recipes by name (METHOD.md §4): the AAAI paper's and the TNNLS journal script's.
 
-Both use Adam; both keep θ and s (the binarizers' parameters) out of weight decay, picked by module type.
+Both use Adam; both decay every parameter except θ and s (the binarizers' parameters, picked by module type).
 Schedules are stepped once per iteration, so one engine loop serves both.
 """
 from __future__ import annotations
@@ -44,25 +44,20 @@ def get_recipe(name: str, **overrides) -> Recipe:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Three groups: conv/FC weights (decayed), the binarizers' θ and s (never decayed, METHOD.md §1), and
-    BatchNorm parameters and biases (not decayed [choice: the ReActNet-lineage script decays only weights])."""
-    binarizer, weights, other = [], [], []
+    """Two groups, as in the authors' script (``main_sibnn_learn.py``: thresholds vs everything else): the
+    binarizers' θ and s (never decayed: [paper] "we set the weight decay of Δ and θ to zero"), and every other
+    parameter — conv/FC weights, biases, BatchNorm γ and β — decayed by ``weight_decay``."""
+    binarizer, decayed = [], []
     seen: set[int] = set()
     for module in model.modules():
         for p in module.parameters(recurse=False):
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            if isinstance(module, SiBinarize):
-                binarizer.append(p)
-            elif p.dim() > 1:
-                weights.append(p)
-            else:
-                other.append(p)
+            (binarizer if isinstance(module, SiBinarize) else decayed).append(p)
     groups = [
-        {"name": "weights", "params": weights, "weight_decay": weight_decay},
+        {"name": "decayed", "params": decayed, "weight_decay": weight_decay},
         {"name": "binarizer", "params": binarizer, "weight_decay": 0.0},
-        {"name": "other", "params": other, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
 

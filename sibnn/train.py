@@ -16,7 +16,8 @@ import torch
 from sibnn.data import DatasetError, load_small_dataset, small_loaders
 from sibnn.engine import checkpoint_dict, fit, resolve_device, seed_everything
 from sibnn.models import create_model, model_info
-from sibnn.quant import BINARIZERS
+from sibnn.layers import INITS
+from sibnn.quant import BINARIZERS, WEIGHT_GRADS
 from sibnn.recipe import RECIPES, build_optimizer, build_scheduler, get_recipe
 from sibnn.summary import summarize
 
@@ -66,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--binarizer", default="sibnn", choices=BINARIZERS)
     p.add_argument("--rho", type=float, default=0.3)
     p.add_argument("--recipe", default="aaai", choices=sorted(RECIPES))
+    p.add_argument("--weight-grad", default="authors", choices=WEIGHT_GRADS,
+                   help="binary weights' gradient: the authors' rule (default) or the straight-through ablation")
+    p.add_argument("--init", default="faithful", choices=INITS,
+                   help="weight init: the authors' N(0, (1/fan_in)²) (default) or PyTorch's default (ablation)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -105,12 +110,14 @@ def main(argv=None) -> int:
     except (DatasetError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model = create_model(arch, args.binarizer, args.rho, num_classes, **model_kwargs(arch, input_shape)).to(device)
+    model = create_model(arch, args.binarizer, args.rho, num_classes, weight_grad=args.weight_grad, init=args.init,
+                         **model_kwargs(arch, input_shape)).to(device)
     if args.summary:
         print(summarize(model, (2, *input_shape)))
     net = torch.compile(model) if args.compile else model
     print(f"{arch} / {args.binarizer}" + (f" ρ={args.rho}" if args.binarizer.startswith("sibnn") else "")
-          + f" on {args.dataset} ({len(train)} steps/epoch, {recipe.epochs} epochs, recipe {recipe.name}, {device})")
+          + f" on {args.dataset} ({len(train)} steps/epoch, {recipe.epochs} epochs, recipe {recipe.name}, "
+            f"weight grad {args.weight_grad}, init {args.init}, {device})")
 
     def on_epoch(epoch, m, state):
         extra = f"  θ̄ {m['theta_mean']:+.3f}  Δ̄ {m['delta_mean']:.3f}" if "theta_mean" in m else ""
@@ -130,6 +137,7 @@ def main(argv=None) -> int:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         torch.save(checkpoint_dict(model, optimizer, scheduler, state,
                                    {"arch": arch, "binarizer": args.binarizer, "rho": args.rho,
+                                    "weight_grad": args.weight_grad, "init": args.init,
                                     "num_classes": num_classes, **model_kwargs(arch, input_shape)}), args.save)
     if args.json:
         Path(args.json).write_text(json.dumps(state.history, indent=1))

@@ -241,3 +241,38 @@ def test_cli_exports_a_checkpoint_and_predicts(tmp_path, capsys):
     assert cli(["bench", str(tmp_path / "q.sibnn"), "--repeats", "2", "--batch", "4"]) == 0
     line = capsys.readouterr().out
     assert "int8 FP layers" in line and "batch 1 " in line and "batch 4 " in line
+
+
+def _maxpool_signs(packed):
+    return [op.get("sign") for op in packed.program if op["op"] == "maxpool"]
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg_variant"])
+def test_bn_after_max_pool_folds_after_the_pool_and_stays_bit_exact(arch):
+    """METHOD.md §3 (HWGQ order): max-pool → BN. A BN after the pool composes into the next threshold after the
+    pool, so no pool needs a per-channel direction even with γ < 0; the same model with the BN moved before the pool
+    (the old order) needs one (max(γx) = γ·min(x) for γ < 0). Both export bit-exactly."""
+    kw, size, ch = SMALL[arch]
+    torch.manual_seed(0)
+    model = randomize(create_model(arch, num_classes=10, **kw), 4)
+    bns = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    assert all((bn.weight < 0).any() for bn in bns), "γ < 0 somewhere in every BN (what needs the direction)"
+    x = torch.randn(2, ch, size, size)
+    packed = pack_model(model)
+    assert _maxpool_signs(packed) and all(s is None for s in _maxpool_signs(packed))
+    ref_bits, got_bits = run_with_bits(model, x)[1], packed(x, return_bits=True)[1]
+    assert list(got_bits) == list(ref_bits)
+    for name, b in ref_bits.items():
+        assert torch.equal(got_bits[name].to(b.dtype), b), name
+    # the old order: every "pool → BN" swapped to "BN → pool"
+    mods = list(model.features)
+    for i in range(len(mods) - 1):
+        if isinstance(mods[i], nn.MaxPool2d) and isinstance(mods[i + 1], nn.BatchNorm2d):
+            mods[i], mods[i + 1] = mods[i + 1], mods[i]
+    model.features = nn.Sequential(*mods)
+    old = pack_model(model)
+    assert any(s is not None for s in _maxpool_signs(old))
+    ref, ref_bits = run_with_bits(model, x)
+    out, bits = old(x, return_bits=True)
+    assert all(torch.equal(bits[n].to(b.dtype), b) for n, b in ref_bits.items())
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -98,13 +98,83 @@ def test_vgg_variant_feature_map_is_7x7x512_at_224():
     assert f.shape == (1, 512, 7, 7)
 
 
-def test_binary_layers_have_no_bias_and_fp_init_is_normal_fan_in():
+def _forward_order(model, x):
+    """Module kinds in the order forward calls them (hooks on leaf modules), binary layers by weight type."""
+    order, handles = [], []
+    names = {BinaryConv2d: "bconv", BinaryLinear: "bfc", nn.Conv2d: "conv", nn.Linear: "fc", nn.MaxPool2d: "pool",
+             nn.BatchNorm2d: "bn", nn.BatchNorm1d: "bn", nn.ReLU: "relu"}
+    for m in model.modules():
+        if type(m) in names:
+            handles.append(m.register_forward_hook(lambda mod, i, o, k=names[type(m)]: order.append(k)))
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return order
+
+
+def test_alexnet_forward_order_is_hwgq_pool_before_bn():
+    """METHOD.md §3 / HWGQ alex-hwgq-3ne-clip-poly-320k deploy.prototxt: conv1 → pool → BN, conv2 → pool → BN,
+    conv3 → BN, conv4 → BN, conv5 → pool → BN, fc6 → BN, fc7 → BN → ReLU → fc8; the binarizers (inside the binary
+    layers, not ReLUs) are counted separately. No ReLU after conv1."""
+    order = _forward_order(create_model("alexnet", num_classes=10), torch.randn(1, 3, 99, 99))
+    assert order == ["conv", "pool", "bn", "bconv", "pool", "bn", "bconv", "bn", "bconv", "bn", "bconv", "pool", "bn",
+                     "bfc", "bn", "bfc", "bn", "relu", "fc"]
+
+
+def test_vgg_variant_forward_order_is_hwgq_third_conv_pool_then_bn():
+    """METHOD.md §3 / HWGQ vgg-hwgq-3ne-clip-poly-640k: conv1 → ReLU → pool → BN; per stage [bconv → BN] ×2, then
+    bconv → pool → BN (no BN between the third conv and its pool); fc → BN, fc → BN → ReLU → fc."""
+    order = _forward_order(create_model("vgg_variant", num_classes=10), torch.randn(1, 3, 32, 32))
+    stage = ["bconv", "bn", "bconv", "bn", "bconv", "pool", "bn"]
+    assert order == ["conv", "relu", "pool", "bn"] + stage * 3 + ["bfc", "bn", "bfc", "bn", "relu", "fc"]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in create_model("vgg_variant").modules()) == 1 + 9
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL_INPUT))
+def test_default_init_is_the_authors_normal_one_over_fan_in_for_every_conv_and_fc(arch):
+    """[code] main_sibnn_learn.py: normal_(0, 1.0/c), c = elements of one output filter, binary and FP layers;
+    BN γ = 1, β = 0. Checked per layer by the sample std (layers with few weights get a wider tolerance)."""
     torch.manual_seed(0)
-    model = create_model("vgg_small", num_classes=10)
+    model = create_model(arch, num_classes=10)
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, BinaryLayer)):
+            w = m.weight.detach()
+            fan_in = w[0].numel()
+            sigma = 1.0 / fan_in
+            tol = 4 / (2 * w.numel()) ** 0.5  # ~4 standard errors of a sample std
+            assert abs(w.std().item() / sigma - 1) < max(tol, 0.02), (name, w.std().item(), sigma)
+            assert abs(w.mean().item()) < 5 * sigma / w.numel() ** 0.5 + 1e-12, name
+            if getattr(m, "bias", None) is not None:
+                assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+
+
+def test_torch_init_ablation_and_weight_grad_are_selected_by_create_model():
+    torch.manual_seed(0)
+    model = create_model("vgg_small", num_classes=10, init="torch", weight_grad="ste")
+    w = model.classifier[1].weight  # BinaryLinear 8192 → 1024: kaiming-uniform(a=√5) = U(±1/√fan_in)
+    bound = 1 / 8192 ** 0.5
+    assert w.abs().max() <= bound and abs(w.std().item() - bound / 3 ** 0.5) < 0.02 * bound
+    assert {m.weight_grad for _, m in binary_layers(model)} == {"ste"}
+    assert {m.weight_grad for _, m in binary_layers(create_model("digits_cnn"))} == {"authors"}
     for _, layer in binary_layers(model):
         assert not hasattr(layer, "bias") or layer.bias is None
-    w = model.classifier[1].weight  # BinaryLinear 8192 → 1024
-    assert abs(w.std().item() - (1 / 8192) ** 0.5) < 0.05 * (1 / 8192) ** 0.5
+    with pytest.raises(ValueError, match="unknown weight_grad 'sign'"):
+        create_model("digits_cnn", weight_grad="sign")
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        create_model("digits_cnn", init="xavier")
+
+
+def test_binary_layer_uses_its_weight_grad_rule():
+    grads = {}
+    for rule in ("authors", "ste"):
+        torch.manual_seed(1)
+        model = create_model("digits_cnn", weight_grad=rule)
+        model(torch.randn(8, 1, 8, 8)).logsumexp(1).sum().backward()
+        grads[rule] = binary_layers(model)[-1][1].weight.grad.clone()
+    assert not torch.allclose(grads["authors"], grads["ste"], rtol=1e-3)
 
 
 def test_clamp_latent_weights_keeps_binary_weights_in_unit_interval_only():

@@ -117,8 +117,105 @@ def test_weight_binarizer_is_alpha_sign_per_output_channel():
     expected = torch.tensor([[a0, -a0, a0, -a0], [a1, a1, -a1, -a1]])
     torch.testing.assert_close(wb, expected)
     wb.backward(torch.full_like(wb, 3.0))
+    # authors' rule, n = 4: 3·(1 − 1/4) where |W| ≤ 1, plus sign(W)·mean(sign(W)·3) = 0 (two + and two − per row)
+    assert w.grad.tolist() == [[2.25, 2.25, 2.25, 2.25], [0.0, 2.25, 2.25, 2.25]]
+
+
+def test_weight_binarizer_ste_ablation_is_the_masked_straight_through_gradient():
+    w = torch.tensor([[0.5, -0.25, 0.0, -1.0], [2.0, 0.1, -0.1, -0.3]], requires_grad=True)
+    wb = binarize_weight(w, grad="ste")
+    torch.testing.assert_close(wb, binarize_weight(w.detach()))  # same forward value as the default
+    wb.backward(torch.full_like(wb, 3.0))
     # straight through sign, masked where |W| > 1
     assert w.grad.tolist() == [[3.0, 3.0, 3.0, 3.0], [0.0, 3.0, 3.0, 3.0]]
+
+
+def test_weight_binarizer_rejects_unknown_gradient_rule():
+    with pytest.raises(ValueError, match="unknown weight gradient 'xnor'"):
+        binarize_weight(torch.randn(2, 3), grad="xnor")
+
+
+def _authors_weight_grad(w, g):
+    """METHOD.md §2 transcribed literally, without autograd (the authors' ``updateBinaryGradWeight_new``):
+    ∂L/∂W = g·1[|W| ≤ 1]·(1 − 1/n) + sign(W)·mean_o(sign(W) ⊙ g), n = elements of one output filter."""
+    n = w[0].numel()
+    sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+    inside = (w.abs() <= 1).to(w.dtype)
+    dims = tuple(range(1, w.dim()))
+    return g * inside * (1 - 1 / n) + sign * (sign * g).mean(dim=dims, keepdim=True)
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 3, 3), (16, 8, 1, 1), (4, 5, 5, 5), (10, 7), (1, 33)])
+def test_authors_weight_gradient_equals_the_rule_transcribed_from_method(shape):
+    gen = torch.Generator().manual_seed(sum(shape))
+    w = (torch.randn(shape, generator=gen, dtype=torch.float64) * 0.8).requires_grad_()  # some |W| > 1
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    assert (w.abs() > 1).any() or w.numel() < 20
+    binarize_weight(w).backward(g)
+    expected = _authors_weight_grad(w.detach(), g)
+    torch.testing.assert_close(w.grad, expected, rtol=1e-12, atol=1e-12)
+    # and it is a different rule from the straight-through ablation (the α path)
+    w2 = w.detach().clone().requires_grad_()
+    binarize_weight(w2, grad="ste").backward(g)
+    assert not torch.allclose(w2.grad, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_authors_weight_gradient_through_a_real_layer_matches_the_rule(layer):
+    """g = ∂L/∂W_b taken from the conv/linear op itself; the latent weight's gradient follows the rule."""
+    gen = torch.Generator().manual_seed(3)
+    if layer == "conv":
+        w = torch.randn(6, 4, 3, 3, generator=gen).requires_grad_()
+        x = torch.randn(2, 4, 7, 7, generator=gen)
+        op = lambda wb: torch.nn.functional.conv2d(x, wb, padding=1)  # noqa: E731
+    else:
+        w = torch.randn(5, 12, generator=gen).requires_grad_()
+        x = torch.randn(3, 12, generator=gen)
+        op = lambda wb: torch.nn.functional.linear(x, wb)  # noqa: E731
+    target = torch.randn_like(op(binarize_weight(w.detach())))
+    wb = binarize_weight(w)
+    wb.retain_grad()
+    ((op(wb) - target) ** 2).sum().backward()
+    torch.testing.assert_close(w.grad, _authors_weight_grad(w.detach(), wb.grad), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", ["authors", "ste"])
+def test_weight_binarizer_gradients_survive_torch_compile(grad):
+    w = torch.nn.Parameter(torch.randn(6, 4, 3, 3))
+    x = torch.randn(2, 4, 6, 6)
+
+    def f(w):
+        return torch.nn.functional.conv2d(x, binarize_weight(w, grad)).square().sum()
+
+    f(w).backward()
+    eager = w.grad.clone()
+    w.grad = None
+    torch.compile(f, backend="aot_eager")(w).backward()
+    torch.testing.assert_close(w.grad, eager)
+
+
+def test_si_binarize_compares_in_float32_under_bf16_autocast():
+    """θ = 0.30078125 + 2⁻¹⁰ lies between two bf16 values; x = 0.30078125 (a bf16 value) is below it. Rounding θ
+    to bf16 would give θ = 0.30078125 and b = 1; the float32 comparison gives b = 0."""
+    theta_val = 0.30078125 + 2 ** -10
+    assert torch.tensor(theta_val).bfloat16().float().item() != theta_val  # bf16 cannot represent θ
+    b = SiBinarize(2)
+    with torch.no_grad():
+        b.theta.copy_(torch.tensor([theta_val, -theta_val]))
+        b.scale.copy_(torch.tensor([1.0, 3.0]))
+    x = torch.tensor([[0.30078125, -0.30078125 - 2 ** -9]]).bfloat16()
+    lin = torch.nn.Linear(2, 2, bias=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = b(x)
+        y = lin(out)  # autocast region: the next layer still gets bf16
+    assert out.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    # channel 0: x < θ → 0 (bf16 θ would round down onto x → 1); channel 1: x < θ → 0 (−θ rounds up to −0.30078125)
+    assert out.float().tolist() == [[0.0, 0.0]]
+    x_hi = torch.tensor([[0.30078125 + 2 ** -8, -0.30078125 + 2 ** -8]]).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert b(x_hi).float().tolist() == [[1.0, 1.0]]
+    # the bf16 result equals the float32 binarizer on the same (exactly widened) input
+    assert torch.equal(b(x.float()), out.float())
 
 
 def test_weight_binarizer_alpha_is_per_output_channel_for_conv_filters():

@@ -12,7 +12,8 @@ What is folded, per binary layer (all in float64, then rounded once):
   where a float is needed (the ResNet residual stream, the classifier), into a per-channel ``affine`` op.
 * max-pooling between a BatchNorm and a binarizer commutes with the per-channel affine only up to its direction:
   max(A·x + B) = A·max(x) + B for A > 0 and A·min(x) + B for A < 0, so the pool runs on the integers with a
-  per-channel sign (min = −max(−x)), exactly.
+  per-channel sign (min = −max(−x)), exactly. A BatchNorm *after* a max-pool (the HWGQ order of AlexNet and
+  VGG-Variant, METHOD.md §3) needs no sign: the pool sees only α > 0 and the BN composes into the next threshold.
 
 Full-precision layers (first conv, last FC, ResNet downsample 1×1) stay float32, or int8 per output channel with
 ``fp_dtype="int8"`` (smaller file; then the binary activations follow the quantised first layer, not the trained

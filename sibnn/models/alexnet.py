@@ -1,6 +1,8 @@
-"""BN-AlexNet (METHOD.md §3 [choice, following the authors' earlier BN-AlexNet]): no groups, no biases, input 227.
+"""AlexNet as HWGQ's published 1-bit AlexNet lays it out (METHOD.md §3 [choice: HWGQ
+``examples/imagenet/alex-hwgq-3ne-clip-poly-320k/deploy.prototxt``, the model the paper compares with]):
+no groups, no conv biases, input 227, and every max-pool comes *before* its BatchNorm.
 
-Full precision: conv1 and fc8. Binary (weights and input activations): conv2–conv5, fc6, fc7.
+Full precision: conv1 (no ReLU after it) and fc8. Binary (weights and input activations): conv2–conv5, fc6, fc7.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ class AlexNet(nn.Module):
         super().__init__()
         b = dict(binarizer=binarizer, rho=rho)
         self.features = nn.Sequential(
-            fp_conv(in_channels, 96, 11, 4), nn.BatchNorm2d(96), nn.MaxPool2d(3, 2),      # conv1 (FP)
-            BinaryConv2d(96, 256, 5, padding=2, **b), nn.BatchNorm2d(256), nn.MaxPool2d(3, 2),  # conv2
-            BinaryConv2d(256, 384, 3, padding=1, **b), nn.BatchNorm2d(384),                # conv3
-            BinaryConv2d(384, 384, 3, padding=1, **b), nn.BatchNorm2d(384),                # conv4
-            BinaryConv2d(384, 256, 3, padding=1, **b), nn.BatchNorm2d(256), nn.MaxPool2d(3, 2),  # conv5
+            fp_conv(in_channels, 96, 11, 4), nn.MaxPool2d(3, 2), nn.BatchNorm2d(96),      # conv1 (FP) pool1 bn2
+            BinaryConv2d(96, 256, 5, padding=2, **b), nn.MaxPool2d(3, 2), nn.BatchNorm2d(256),  # conv2 pool2 bn3
+            BinaryConv2d(256, 384, 3, padding=1, **b), nn.BatchNorm2d(384),                # conv3 bn4
+            BinaryConv2d(384, 384, 3, padding=1, **b), nn.BatchNorm2d(384),                # conv4 bn5
+            BinaryConv2d(384, 256, 3, padding=1, **b), nn.MaxPool2d(3, 2), nn.BatchNorm2d(256),  # conv5 pool5 bn6
         )
         # 6×6 at 227 px, where this is the identity; it only lets small test inputs reach fc6's shape.
         self.pool = nn.AdaptiveAvgPool2d(6)
@@ -37,6 +39,6 @@ class AlexNet(nn.Module):
 
 
 @register_model("alexnet", dataset="imagenet", input_size=227, in_channels=3, num_classes=1000,
-                description="BN-AlexNet: 5 binary layers (conv2–5, fc6–7 → 6), FP conv1/fc8 (AAAI: 50.5 %)")
+                description="AlexNet (HWGQ layout, pool→BN): 6 binary layers (conv2–5, fc6–7), FP conv1/fc8 (AAAI: 50.5 %)")
 def alexnet(binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
     return AlexNet(binarizer, rho, num_classes, in_channels)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from sibnn.layers import init_normal_fan_in_
+from sibnn.layers import init_weights_
 
 
 def fp_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
@@ -12,10 +12,6 @@ def fp_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int =
 
 
 def init_fp_layers_(model: nn.Module) -> nn.Module:
-    """N(0, 1/fan_in) for the full-precision convs and FCs too (METHOD.md §4); binary layers init themselves."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            init_normal_fan_in_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return model
+    """The faithful init (METHOD.md §4, ``sibnn.layers.init_weights_``) for every layer of a freshly built model;
+    ``create_model(init=...)`` re-initialises afterwards for an ablation."""
+    return init_weights_(model, "faithful")

@@ -10,7 +10,8 @@ from typing import Callable
 
 from torch import nn
 
-from sibnn.quant import BINARIZERS
+from sibnn.layers import INITS, init_weights_, set_weight_grad_
+from sibnn.quant import BINARIZERS, WEIGHT_GRADS
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,21 @@ def model_info(arch: str) -> ModelInfo:
 
 
 def create_model(arch: str, binarizer: str = "sibnn", rho: float = 0.3, num_classes: int | None = None,
-                 **kwargs) -> nn.Module:
+                 *, weight_grad: str = "authors", init: str = "faithful", **kwargs) -> nn.Module:
+    """Build ``arch``. ``weight_grad`` ("authors" | "ste") picks the binary layers' weight gradient rule
+    (``sibnn.quant.binarize_weight``); ``init`` ("faithful" | "torch") the initialisation
+    (``sibnn.layers.init_weights_``). The defaults are the authors' rules (METHOD.md §2, §4)."""
     info = model_info(arch)
+    if weight_grad not in WEIGHT_GRADS:
+        raise ValueError(f"unknown weight_grad {weight_grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if binarizer not in BINARIZERS:
         raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZERS)}")
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
-    return info.builder(binarizer=binarizer, rho=rho,
-                        num_classes=info.num_classes if num_classes is None else num_classes, **kwargs)
+    model = info.builder(binarizer=binarizer, rho=rho,
+                         num_classes=info.num_classes if num_classes is None else num_classes, **kwargs)
+    if init != "faithful":  # builders already apply the faithful init
+        init_weights_(model, init)
+    return set_weight_grad_(model, weight_grad)

@@ -1,6 +1,8 @@
-"""VGG-Variant (HWGQ's layout, METHOD.md §3 [choice]): 9 binary 3×3 convs and 2 binary FCs, input 224.
+"""VGG-Variant (METHOD.md §3 [choice: HWGQ ``examples/imagenet/vgg-hwgq-3ne-clip-poly-640k/deploy.prototxt``]):
+9 binary 3×3 convs and 2 binary FCs, input 224, no biases except the last FC's.
 
-Full precision: conv1 (96@7×7/2) and the last FC.
+Full precision: conv1 (96@7×7/2) and the last FC. In each stage the third conv has no BatchNorm of its own: it is
+followed by the 2×2 max-pool and then the BatchNorm (HWGQ's ``conv2_3 → pool2 → bn2_3``).
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ class VGGVariant(nn.Module):
                                    nn.BatchNorm2d(96)]
         channels = 96
         for width in (256, 512, 512):
-            for _ in range(3):
+            for _ in range(2):
                 layers += [BinaryConv2d(channels, width, 3, padding=1, **b), nn.BatchNorm2d(width)]
                 channels = width
-            layers += [nn.MaxPool2d(2, 2), nn.BatchNorm2d(width)]
+            layers += [BinaryConv2d(width, width, 3, padding=1, **b), nn.MaxPool2d(2, 2), nn.BatchNorm2d(width)]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(7)  # identity at 224 px (7×7×512)
         self.classifier = nn.Sequential(
