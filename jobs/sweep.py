@@ -7,7 +7,6 @@ so a restarted driver restores the Tune experiment and every unfinished Train ru
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -117,10 +116,10 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
     final = {"best_val_top1": max(hist.values()), "best_val_top5": max(hist5.values()),
              "final_val_top1": hist[last], "final_val_top5": hist5[last],
              "wall_time_s": sum(m.value for m in secs)} if hist else {}
-    best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_top1", -math.inf), default=None)
+    best = result.get_best_checkpoint("val_top1", "max") if result.best_checkpoints else None
     if best is not None:
-        client.set_tag(run_id, tracking.TAG_BEST_CHECKPOINT, best[0].path)
-        with best[0].as_directory() as d:
+        client.set_tag(run_id, tracking.TAG_BEST_CHECKPOINT, checkpoint_uri(best))
+        with best.as_directory() as d:  # a local folder, downloaded when the storage is an object store
             ckpt = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         cfg = ckpt["config"]
         kw = {k: v for k, v in cfg.items() if k in ("in_channels", "input_size")}
@@ -137,6 +136,12 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
     ts = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in final.items()])
     tracking.set_trial_state(client, run_id, "FINISHED")
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Ray checkpoint lives, as a URI another process can open: pyarrow's paths drop the scheme."""
+    scheme = {"s3": "s3://", "gcs": "gs://"}.get(checkpoint.filesystem.type_name)
+    return f"{scheme}{checkpoint.path}" if scheme else checkpoint.path
 
 
 def _export_packed(client, run_id: str, model, cfg: dict, input_shape: tuple) -> dict:
@@ -177,7 +182,8 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
                      data_fingerprint=data_fingerprint)
     trainable = tune.with_resources(driver, {"cpu": DRIVER_CPU})
     name = tracking.experiment_name(experiment_id)
-    path = str(Path(storage_path) / name)
+    # A string join, not Path: storage_path may be a URI (s3://bucket/runs), which Path folds to s3:/bucket/runs.
+    path = f"{storage_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         # A restarted driver: finished trials stay finished, unfinished ones resume (Train resumes by run name).
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
