@@ -20,7 +20,7 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     max_trials: int = Field(512, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
     trials_cache_s: float = Field(1.0, ge=0, description="how stale per-trial state from MLflow may be")
+
+    @field_validator("storage_path", mode="before")
+    @classmethod
+    def _path_to_str(cls, v):
+        return str(v) if isinstance(v, Path) else v  # a local Path is fine; a URI must arrive as the string it is
 
     @property
     def db_url(self) -> str:
