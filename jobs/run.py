@@ -3,7 +3,10 @@
 The service submits exactly this command. The spec is validated before Ray is touched (exit 2, the offending
 fields named). Ray: ``RAY_ADDRESS`` when set (a job entrypoint always has it), otherwise a local Ray is started.
 MLflow: ``--mlflow-uri`` or ``MLFLOW_TRACKING_URI``. Checkpoints and Tune state: ``--storage-path`` or
-``SIBNN_STORAGE_PATH`` (a path every node sees). Running it again with the same experiment id resumes.
+``SIBNN_STORAGE_PATH``: a folder every node sees, or an object-store URI (``s3://bucket/prefix``, ``gs://...``) that
+Ray Train resolves with pyarrow on each node (credentials and endpoint from the node's environment: the AWS SDK's
+``AWS_*`` variables, ``AWS_ENDPOINT_URL_S3`` for S3-compatible stores). Running it again with the same experiment
+id resumes, from wherever the storage is.
 SIGTERM (``ray job stop``) marks the MLflow runs KILLED and exits; checkpoints already written stay.
 Exit status: 0 all trials succeeded, 1 some failed, 2 bad input, 143 cancelled.
 """
@@ -41,6 +44,25 @@ def load_spec(args) -> ExperimentSpec:
     if not path.is_file():
         raise InputError(f"spec file {path} not found")
     return parse_spec(path.read_text())
+
+
+def is_uri(storage_path: str) -> bool:
+    """``s3://…``, ``gs://…``, any ``scheme://``: an object store Ray Train writes through pyarrow."""
+    return "://" in storage_path
+
+
+def resolve_storage(storage_path: str | None) -> tuple[str, Path]:
+    """(storage_path as Ray gets it, a local folder for this driver's own files). A URI stays a string, untouched
+    (``Path`` would fold ``s3://b`` into ``s3:/b``); a local path is made absolute and created. The local folder
+    holds the default SQLite MLflow store and generated synthetic data: the storage itself, or ``~/sibnn-runs``
+    when the storage is an object store."""
+    if storage_path and is_uri(storage_path):
+        local = Path.home() / "sibnn-runs"
+        local.mkdir(parents=True, exist_ok=True)
+        return storage_path.rstrip("/"), local
+    local = Path(storage_path or Path.home() / "sibnn-runs").expanduser().resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    return str(local), local
 
 
 def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
@@ -118,10 +140,9 @@ def main(argv=None) -> int:
         if not EXPERIMENT_ID.fullmatch(args.experiment_id):
             raise InputError("experiment id must be 1–64 letters, digits, '_' or '-', starting with a letter or digit")
         spec = load_spec(args)
-        storage = Path(args.storage_path or Path.home() / "sibnn-runs").expanduser().resolve()
-        storage.mkdir(parents=True, exist_ok=True)
-        mlflow_uri = args.mlflow_uri or f"sqlite:///{storage / 'mlflow.db'}"
-        data_root = prepare_dataset(spec, storage)
+        storage, local = resolve_storage(args.storage_path)
+        mlflow_uri = args.mlflow_uri or f"sqlite:///{local / 'mlflow.db'}"
+        data_root = prepare_dataset(spec, local)
     except SpecError as e:
         print("invalid spec:", file=sys.stderr)
         for loc, msg in e.errors:
@@ -147,7 +168,7 @@ def main(argv=None) -> int:
     print(f"experiment {args.experiment_id}: {len(trials)} trials on {ray.cluster_resources()} "
           f"(storage {storage}, MLflow {mlflow_uri})", flush=True)
     try:
-        outcome = run_sweep(spec, args.experiment_id, storage_path=str(storage), mlflow_uri=mlflow_uri,
+        outcome = run_sweep(spec, args.experiment_id, storage_path=storage, mlflow_uri=mlflow_uri,
                             data_root=data_root, data_fingerprint=data_fingerprint(spec.dataset.kind, data_root))
     except InfeasibleTrialError as e:
         print(f"error: {e}", file=sys.stderr)

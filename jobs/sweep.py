@@ -7,7 +7,6 @@ so a restarted driver restores the Tune experiment and every unfinished Train ru
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -154,7 +153,6 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
     """Final metrics, the best checkpoint's location and the model summary on the trial's run."""
     import torch
 
-    from sibnn.models import create_model
     from sibnn.summary import summarize
 
     hist = {m.step: m.value for m in client.get_metric_history(run_id, "val_top1")}
@@ -164,16 +162,14 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
     final = {"best_val_top1": max(hist.values()), "best_val_top5": max(hist5.values()),
              "final_val_top1": hist[last], "final_val_top5": hist5[last],
              "wall_time_s": sum(m.value for m in secs)} if hist else {}
-    best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_top1", -math.inf), default=None)
+    best = result.get_best_checkpoint("val_top1", "max") if result.best_checkpoints else None
     if best is not None:
-        client.set_tag(run_id, tracking.TAG_BEST_CHECKPOINT, best[0].path)
-        with best[0].as_directory() as d:
+        client.set_tag(run_id, tracking.TAG_BEST_CHECKPOINT, checkpoint_uri(best))
+        with best.as_directory() as d:  # a local folder, downloaded when the storage is an object store
             ckpt = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         cfg = ckpt["config"]
-        kw = {k: v for k, v in cfg.items() if k in ("in_channels", "input_size")}
-        model = create_model(trial.arch, trial.binarizer, trial.rho if trial.rho is not None else 0.3,
-                             cfg["num_classes"], **kw)
-        model.load_state_dict(ckpt["model"])
+        model = model_from_checkpoint(ckpt)
+        _log_checkpoint(client, run_id, ckpt)
         size = _input_size(spec, trial)
         summary = summarize(model, (1, cfg.get("in_channels", 3), size, size))
         client.log_text(run_id, str(summary), "model_summary.txt")
@@ -184,6 +180,83 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
     ts = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in final.items()])
     tracking.set_trial_state(client, run_id, "FINISHED")
+
+
+MODEL_STATE = "checkpoint/model_state.pt"  # the trial run's artifact: {"model": state dict, "config": ...}
+
+
+def model_from_checkpoint(ckpt: dict):
+    """The trained model from a checkpoint dict ({"model": state dict, "config": what train_loop wrote})."""
+    from sibnn.models import create_model
+
+    cfg = ckpt["config"]
+    kw = {k: v for k, v in cfg.items() if k in ("in_channels", "input_size")}
+    model = create_model(cfg["arch"], cfg["binarizer"], cfg["rho"] if cfg.get("rho") is not None else 0.3,
+                         cfg["num_classes"], **kw)
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def _log_checkpoint(client, run_id: str, ckpt: dict) -> None:
+    """The best checkpoint's weights and config (no optimiser state) as the trial run's artifacts, so the model
+    can be downloaded from MLflow (UI, `sibnn download`) without access to Ray's storage."""
+    import json
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as d:
+        folder, name = MODEL_STATE.split("/")
+        torch.save({"model": ckpt["model"], "config": ckpt["config"]}, Path(d) / name)
+        (Path(d) / "config.json").write_text(json.dumps(ckpt["config"], indent=1, default=str))
+        client.log_artifacts(run_id, d, folder)
+    client.set_tag(run_id, tracking.TAG_CHECKPOINT_ARTIFACT, MODEL_STATE)
+
+
+def log_best_models(client, mlflow_uri: str, rows: list[dict]) -> dict[tuple[str, str], str]:
+    """The best finished trial per (arch, binarizer) as an MLflow model (``mlflow.pytorch.log_model`` on its run),
+    registered as ``sibnn-<arch>-<binarizer>``; returns the model URIs. A rerun keeps what is already logged."""
+    import tempfile
+
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    import sibnn
+
+    best: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r["state"] == "FINISHED" and r["best_top1"] is not None and r["checkpoint_uri"]:
+            key = (r["arch"], r["binarizer"])
+            if key not in best or r["best_top1"] > best[key]["best_top1"]:
+                best[key] = r
+    mlflow.set_tracking_uri(mlflow_uri)
+    out = {}
+    for (arch, binarizer), r in sorted(best.items()):
+        if r["model_uri"]:
+            out[(arch, binarizer)] = r["model_uri"]
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = torch.load(client.download_artifacts(r["run_id"], MODEL_STATE, d), map_location="cpu",
+                              weights_only=False)
+        model = model_from_checkpoint(ckpt).eval()
+        with mlflow.start_run(run_id=r["run_id"]):
+            info = mlflow.pytorch.log_model(
+                model, name="model", registered_model_name=f"sibnn-{arch}-{binarizer}",
+                # pickle, not MLflow's default pt2: torch.export traces the input example's batch size into the
+                # graph (a model exported at batch 1 refuses batch 5), and every use here evaluates batches.
+                serialization_format="pickle",
+                code_paths=[str(Path(sibnn.__file__).parent)],  # the model's classes, to load it elsewhere
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        client.set_tag(r["run_id"], tracking.TAG_MODEL_URI, info.model_uri)
+        out[(arch, binarizer)] = info.model_uri
+    return out
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Ray checkpoint lives, as a URI another process can open: pyarrow's paths drop the scheme."""
+    scheme = {"s3": "s3://", "gcs": "gs://"}.get(checkpoint.filesystem.type_name)
+    return f"{scheme}{checkpoint.path}" if scheme else checkpoint.path
 
 
 def _export_packed(client, run_id: str, model, cfg: dict, input_shape: tuple) -> dict:
@@ -202,6 +275,7 @@ def _export_packed(client, run_id: str, model, cfg: dict, input_shape: tuple) ->
         path = Path(d) / "model.sibnn"
         size = packed.save(path)
         client.log_artifact(run_id, str(path))
+    client.set_tag(run_id, tracking.TAG_PACKED_ARTIFACT, "model.sibnn")
     return {"packed_file_bytes": size, "packed_latency_ms": 1e3 * latency}
 
 
@@ -226,7 +300,8 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
                      data_fingerprint=data_fingerprint)
     trainable = tune.with_resources(driver, driver_resources(resources))
     name = tracking.experiment_name(experiment_id)
-    path = str(Path(storage_path) / name)
+    # A string join, not Path: storage_path may be a URI (s3://bucket/runs), which Path folds to s3:/bucket/runs.
+    path = f"{storage_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         # A restarted driver: finished trials stay finished, unfinished ones resume (Train resumes by run name).
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -242,6 +317,8 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
     grid = tuner.fit()
     failed = sorted(r.config["trial"]["trial_id"] for r in grid if r.error is not None)
     rows = tracking.results(client, experiment_id)
+    if log_best_models(client, mlflow_uri, rows):
+        rows = tracking.results(client, experiment_id)  # with the model URIs
     from jobs.report import log_sweep_report
 
     log_sweep_report(client, parent, experiment_id, spec, rows)

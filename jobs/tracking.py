@@ -21,6 +21,9 @@ TAG_ROLE = "sibnn.role"
 TAG_TRIAL = "sibnn.trial_id"
 TAG_SPEC_FINGERPRINT = "sibnn.spec_fingerprint"
 TAG_BEST_CHECKPOINT = "sibnn.best_checkpoint"
+TAG_CHECKPOINT_ARTIFACT = "sibnn.artifact.checkpoint"  # artifact path of the best checkpoint (state dict + config)
+TAG_PACKED_ARTIFACT = "sibnn.artifact.packed"  # artifact path of the bit-packed model file (Si-BNN trials)
+TAG_MODEL_URI = "sibnn.model_uri"  # the MLflow model (mlflow.pytorch) of the best trial per (arch, binarizer)
 TAG_STATE = "sibnn.trial_state"  # PENDING | RUNNING | FINISHED | FAILED | KILLED, mirrored from the run status
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -162,7 +165,14 @@ def result_row(run) -> dict:
         "packed_bytes": m.get("packed_bytes"), "packed_file_bytes": m.get("packed_file_bytes"),
         "packed_latency_ms": m.get("packed_latency_ms"), "run_id": run.info.run_id,
         "best_checkpoint": t.get(TAG_BEST_CHECKPOINT),
+        # Artifact URIs (mlflow.artifacts.download_artifacts, `sibnn download`): read from tags, nothing loaded.
+        "checkpoint_uri": _artifact_uri(run, t.get(TAG_CHECKPOINT_ARTIFACT)),
+        "packed_uri": _artifact_uri(run, t.get(TAG_PACKED_ARTIFACT)), "model_uri": t.get(TAG_MODEL_URI),
     }
+
+
+def _artifact_uri(run, path: str | None) -> str | None:
+    return f"{run.info.artifact_uri.rstrip('/')}/{path}" if path else None
 
 
 def results(c: MlflowClient, experiment_id: str) -> list[dict]:

@@ -86,6 +86,8 @@ def train_loop_per_worker(config: dict) -> None:
             state = restore_checkpoint(torch.load(Path(d) / CHECKPOINT_FILE, map_location=device,
                                                   weights_only=False), model, optimizer, scheduler)
         # the data order depends on (seed, epoch) only, so the resumed epochs see what they would have seen
+        if rank == 0:
+            print(f"sibnn: {trial.trial_id} resumes from its checkpoint after epoch {state.epoch}", flush=True)
 
     client = run_id = None
     logged: set[int] = set()

@@ -269,6 +269,38 @@ def logs(exp_id: str, follow: bool = typer.Option(False, "--follow", "-f"), tail
             console.out(api.logs(exp_id, tail), highlight=False)
 
 
+def download_trial(row: dict, packed: bool, out: Path, mlflow_uri: str) -> Path:
+    """Fetch a results row's best checkpoint (state dict + config) or packed file through MLflow."""
+    import mlflow.artifacts
+
+    uri = row.get("packed_uri") if packed else row.get("checkpoint_uri")
+    if not uri:
+        what = "packed file (Si-BNN trials only)" if packed else "checkpoint"
+        raise LookupError(f"trial {row.get('trial_id')} has no {what} in MLflow (state {row.get('state')})")
+    out.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(out), tracking_uri=mlflow_uri))
+
+
+@app.command()
+def download(exp_id: str, trial: str = typer.Argument(..., help="trial id, as in `sibnn results`"),
+             packed: bool = typer.Option(False, "--packed", help="the bit-packed CPU model instead of the checkpoint"),
+             out: Path = typer.Option(Path("."), "--out", "-o", help="folder to write into"),
+             mlflow_uri: str = typer.Option("http://127.0.0.1:5000", envvar=["SIBNN_MLFLOW_TRACKING_URI",
+                                                                             "MLFLOW_TRACKING_URI"]),
+             url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
+    """Download a trial's best checkpoint (state dict + config; ``--packed``: the packed file) from MLflow."""
+    with _exit_on_api_error():
+        rows = _api(url, token).results(exp_id)["rows"]
+    row = next((r for r in rows if r["trial_id"] == trial), None)
+    if row is None:
+        _fail(f"experiment {exp_id} has no trial {trial}; trials: {', '.join(r['trial_id'] for r in rows)}")
+    try:
+        path = download_trial(row, packed, out, mlflow_uri)
+    except LookupError as e:
+        _fail(str(e))
+    console.print(f"{path}")
+
+
 @app.command()
 def cancel(exp_id: str, url: Optional[str] = UrlOpt, token: Optional[str] = TokenOpt):
     """Cancel: the Ray job is stopped, the experiment ends CANCELLED."""

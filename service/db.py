@@ -154,12 +154,29 @@ def alembic_config(url: str):
     return cfg
 
 
-def migrate(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (Alembic upgrade)."""
-    from alembic import command
+MIGRATION_LOCK = 0x51B22020  # pg_advisory_lock key: one migrator at a time per PostgreSQL database
 
-    make_engine(url).dispose()  # creates the SQLite file's folder
-    command.upgrade(alembic_config(url), revision)
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (Alembic upgrade); idempotent. On PostgreSQL the upgrade runs
+    under a session advisory lock, so migrators started together (API replicas, `sibnn migrate` twice) take turns
+    instead of racing to create the same tables; the second finds the schema at head and does nothing."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = make_engine(url)  # creates the SQLite file's folder
+    try:
+        if engine.dialect.name != "postgresql":
+            command.upgrade(alembic_config(url), revision)
+            return
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+            try:
+                command.upgrade(alembic_config(url), revision)
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+    finally:
+        engine.dispose()
 
 
 def downgrade(url: str, revision: str = "base") -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import shlex
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -128,6 +129,28 @@ class RayJobs:
 
     def logs(self, submission_id: str) -> str:
         return self._call(lambda c: c.get_job_logs(submission_id))
+
+    async def follow(self, submission_id: str, skip: int = 0) -> AsyncIterator[str]:
+        """The job's log as the driver writes it, through Ray's ``tail_job_logs`` websocket: each line is sent
+        once, however long the log grows (no re-download). The first ``skip`` characters (what a ``logs`` call
+        already returned) are dropped. Ends when the job has ended and its log is drained; a lost connection
+        raises RayUnavailable."""
+        import anyio
+
+        client = await anyio.to_thread.run_sync(self._get)
+        try:
+            async for chunk in client.tail_job_logs(submission_id):
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                yield chunk[skip:]
+                skip = 0
+        except Exception as e:  # noqa: BLE001 - RuntimeError (job gone, socket closed), aiohttp errors
+            if "does not exist" in str(e):
+                raise JobNotFound(str(e).splitlines()[0]) from None
+            with self._lock:
+                self._client = None
+            raise RayUnavailable(self._explain(e)) from None
 
     def ping(self) -> str:
         """The cluster's Ray version; raises RayUnavailable naming the address and what is wrong."""

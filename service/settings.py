@@ -10,7 +10,7 @@
 | SIBNN_MLFLOW_TRACKING_URI / MLFLOW_TRACKING_URI | http://127.0.0.1:5000 | MLflow tracking server |
 | SIBNN_MLFLOW_UI_URL | the tracking URI | base of the MLflow links in answers |
 | SIBNN_JOB_MLFLOW_TRACKING_URI | the tracking URI | MLflow as the Ray job sees it (compose service names) |
-| SIBNN_STORAGE_PATH | $SIBNN_HOME/runs | checkpoints and Tune state, a path every Ray node sees |
+| SIBNN_STORAGE_PATH | $SIBNN_HOME/runs | checkpoints and Tune state: a path every Ray node sees, or ``s3://``/``gs://`` |
 | SIBNN_API_TOKEN | – | bearer token for every request that changes state (none set: such requests get 401) |
 | SIBNN_HOST / SIBNN_PORT | 127.0.0.1 / 8000 | bind address of ``sibnn up`` / ``python -m service`` |
 
@@ -27,7 +27,7 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SIBNN_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
     mlflow_ui_url: str | None = None
     job_mlflow_tracking_uri: str | None = None
-    storage_path: Path | None = None
+    # A string, not a Path: Path("s3://bucket/runs") is "s3:/bucket/runs", which Ray would take for a local folder.
+    storage_path: str | None = Field(None, description="checkpoints and Tune state: a shared folder or s3:// gs:// URI")
     api_token: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -66,13 +67,18 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0)
     trials_cache_s: float = Field(1.0, ge=0, description="how stale per-trial state from MLflow may be")
 
+    @field_validator("storage_path", mode="before")
+    @classmethod
+    def _path_to_str(cls, v):
+        return str(v) if isinstance(v, Path) else v  # a local Path is fine; a URI must arrive as the string it is
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'sibnn.db'}"
 
     @property
-    def runs_path(self) -> Path:
-        return self.storage_path or self.home / "runs"
+    def runs_path(self) -> str:
+        return self.storage_path or str(self.home / "runs")
 
     @property
     def mlflow_ui(self) -> str:

@@ -112,23 +112,16 @@ def logs(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx),
         return PlainTextResponse(_tail(first, tail))
 
     async def stream():
-        # The Ray client blocks: poll it from a worker thread, send what is new.
+        # Ray's tail_job_logs websocket pushes only what is new: a long log is downloaded once, not every second.
         yield _tail(first, tail)
-        seen = len(first)
-        while True:
-            await anyio.sleep(1.0)
-            try:
-                text = await anyio.to_thread.run_sync(ctx.ray.logs, sid)
-                state = await anyio.to_thread.run_sync(ctx.ray.state, sid)
-            except (JobNotFound, RayUnavailable) as e:
-                yield f"\n[sibnn: log stream ended: {e}]\n"
-                return
-            if len(text) > seen:
-                yield text[seen:]
-                seen = len(text)
-            if state.terminal:
-                yield f"\n[sibnn: job {sid} {state.status}]\n"
-                return
+        try:
+            async for chunk in ctx.ray.follow(sid, skip=len(first)):
+                yield chunk
+            state = await anyio.to_thread.run_sync(ctx.ray.state, sid)
+        except (JobNotFound, RayUnavailable) as e:
+            yield f"\n[sibnn: log stream ended: {e}]\n"
+            return
+        yield f"\n[sibnn: job {sid} {state.status}]\n"
 
     return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 

@@ -24,8 +24,18 @@ def test_interpolation_follows_compose_rules():
 
 
 def test_the_one_box_has_postgres_mlflow_ray_head_api_and_optional_workers():
-    assert set(load_compose(profiles=())["services"]) == {"postgres", "mlflow", "ray-head", "api"}
-    assert set(load_compose()["services"]) == set(LONG_RUNNING)
+    assert set(load_compose(profiles=())["services"]) == {"postgres", "migrate", "mlflow", "ray-head", "api"}
+    assert set(load_compose()["services"]) == set(LONG_RUNNING) | {"migrate"}
+
+
+def test_migrations_run_once_before_the_api_which_starts_with_auto_migrate_off(services):
+    mig = services["migrate"]
+    assert mig["entrypoint"] == ["sibnn", "migrate"] and mig["restart"] == "no"
+    assert mig["image"] == services["api"]["image"]
+    assert environment(mig)["SIBNN_DATABASE_URL"] == environment(services["api"])["SIBNN_DATABASE_URL"]
+    assert mig["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert services["api"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert environment(services["api"])["SIBNN_AUTO_MIGRATE"] == "false"
 
 
 @pytest.mark.parametrize("secret", sorted(TEST_SECRETS))
@@ -51,8 +61,8 @@ def test_every_long_running_service_has_a_healthcheck(services):
 
 
 def test_dependants_wait_for_healthy_dependencies(services):
-    assert services["api"]["depends_on"] == {s: {"condition": "service_healthy"}
-                                             for s in ("postgres", "mlflow", "ray-head")}
+    assert {k: v for k, v in services["api"]["depends_on"].items() if k != "migrate"} == \
+        {s: {"condition": "service_healthy"} for s in ("postgres", "mlflow", "ray-head")}
     assert services["mlflow"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["ray-worker"]["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
 

@@ -112,7 +112,8 @@ def compose_stack(tmp_path_factory):
         api = f"http://127.0.0.1:{api_port}"
         stack.wait_http(procs[-1], f"{api}/healthz", 90)
         yield {"api": api, "mlflow": f"http://127.0.0.1:{ports['mlflow']}", "root": root, "argv": ray_argv,
-               "logs": logs, "ray_dashboard": f"http://127.0.0.1:{ports['ray-head']}"}
+               "logs": logs, "ray_dashboard": f"http://127.0.0.1:{ports['ray-head']}",
+               "ray_agent": f"http://127.0.0.1:{head_ports['--dashboard-agent-listen-port']}"}
     finally:
         for p in reversed(procs):
             p.stop()
@@ -141,6 +142,17 @@ def test_the_ray_head_refuses_requests_without_the_shared_token(compose_stack):
     assert httpx.get(url, timeout=10).status_code == 401
     ok = httpx.get(url, headers={"Authorization": f"Bearer {TEST_SECRETS['RAY_AUTH_TOKEN']}"}, timeout=10)
     assert ok.status_code == 200
+
+
+def test_the_kuberay_probe_endpoint_answers_without_a_token_on_the_agent_port(compose_stack):
+    # infra/raycluster.yaml's HTTP probes: GET /api/healthz on the dashboard agent's port, no token, raylet + GCS
+    for _ in range(60):
+        r = httpx.get(f"{compose_stack['ray_agent']}/api/healthz", timeout=10)
+        if r.status_code == 200:
+            break
+        time.sleep(1)
+    assert r.status_code == 200, r.text
+    assert "raylet: success" in r.text and "gcs: success" in r.text
 
 
 def test_mlflow_answers_the_compose_host_names_and_refuses_others(compose_stack):

@@ -12,7 +12,7 @@ def test_defaults_are_an_embedded_local_setup(monkeypatch, tmp_path):
     s = Settings()
     assert s.db_url == f"sqlite:///{tmp_path / 'sibnn.db'}"
     assert s.host == "127.0.0.1"
-    assert s.runs_path == tmp_path / "runs"
+    assert s.runs_path == str(tmp_path / "runs")
     assert s.api_token is None
 
 
@@ -38,3 +38,20 @@ def test_ray_token_is_read_from_the_token_file(monkeypatch, tmp_path: Path):
     f.write_text("from-file\n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(f))
     assert Settings().ray_token == "from-file"
+
+
+def test_an_object_store_storage_path_reaches_the_job_untouched(monkeypatch, tmp_path):
+    from jobs.run import resolve_storage
+    from service.ray_jobs import runtime_env
+
+    monkeypatch.setenv("SIBNN_STORAGE_PATH", "s3://sibnn-bucket/runs")
+    s = Settings()
+    assert s.runs_path == "s3://sibnn-bucket/runs"  # a Path would have folded it to s3:/sibnn-bucket/runs
+    assert runtime_env(s, "e1")["env_vars"]["SIBNN_STORAGE_PATH"] == "s3://sibnn-bucket/runs"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for uri in ("s3://sibnn-bucket/runs", "gs://sibnn-bucket/runs/"):
+        storage, local = resolve_storage(uri)
+        assert storage == uri.rstrip("/") and local == tmp_path / "sibnn-runs"
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists(), "no local folder named after the URI"
+    storage, local = resolve_storage(str(tmp_path / "shared"))
+    assert storage == str(tmp_path / "shared") and local.is_dir()
