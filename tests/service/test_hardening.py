@@ -213,10 +213,12 @@ def _send_until_answered(port: int, head: bytes, chunk: bytes, max_bytes: int, c
                 except (BrokenPipeError, ConnectionResetError):
                     break
         s.setblocking(True)
+        answer = b""
         try:
-            answer = s.recv(4096)
-        except ConnectionResetError:
-            answer = b""
+            while not answer.rstrip().endswith(b"}") and (more := s.recv(4096)):
+                answer += more
+        except (ConnectionResetError, TimeoutError):
+            pass
     return answer, sent
 
 
