@@ -256,6 +256,43 @@ def test_a_huge_body_gets_401_or_413_before_it_is_read_and_memory_stays_flat(tmp
 
 # --- the active-experiment limit under concurrency ----------------------------------------------------------------
 
+def test_the_creation_lock_serialises_count_and_insert(db_url):
+    """The database half of the limit, on SQLite and PostgreSQL: 20 threads count-then-insert under the lock with a
+    pause in between (where the race was), limit 8; exactly 8 rows result."""
+    from sqlalchemy import func, select
+
+    db.migrate(db_url)
+    engine = db.make_engine(db_url)
+    sessions = db.session_factory(engine)
+    outcomes = []
+
+    def create(i: int) -> None:
+        with sessions() as s:
+            db.lock_experiment_creation(s)
+            active = s.scalar(select(func.count()).select_from(db.Experiment)
+                              .where(db.Experiment.status.in_(db.ACTIVE)))
+            time.sleep(0.02)
+            if active >= 8:
+                outcomes.append(429)
+                return
+            s.add(db.Experiment(id=f"e{i}", name="n", spec_json="{}", spec_fingerprint="f", n_trials=1,
+                                status=db.PENDING, attempt=1, cancel_requested=False))
+            s.commit()
+            outcomes.append(202)
+
+    try:
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        with sessions() as s:
+            assert s.scalar(select(func.count()).select_from(db.Experiment)) == 8
+        assert sorted(outcomes) == [202] * 8 + [429] * 12
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.slow
 def test_concurrent_posts_never_exceed_the_active_limit(servers, tmp_path, db_url):
     """20 distinct POSTs at once, limit 8: exactly 8 created (Ray jobs that sleep, so they stay active), 12 × 429."""
