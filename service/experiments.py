@@ -319,6 +319,18 @@ def _refresh_ray_status(ctx: Context, exp_id: str, attempt: int, sid: str) -> No
         s.commit()
 
 
+def _refresh_cancelled(ctx: Context) -> None:
+    """Cancelled experiments whose Ray job was still stopping when last asked: record how it ended (STOPPED)."""
+    with ctx.sessions() as s:
+        rows = s.execute(select(Attempt.experiment_id, Attempt.number, Attempt.submission_id)
+                         .join(Experiment, (Experiment.id == Attempt.experiment_id)
+                               & (Experiment.attempt == Attempt.number))
+                         .where(Experiment.status == db.CANCELLED, Attempt.ray_status.in_(("PENDING", "RUNNING")))
+                         .limit(100)).all()
+    for exp_id, number, sid in rows:
+        _refresh_ray_status(ctx, exp_id, number, sid)
+
+
 # --- reconcile ----------------------------------------------------------------------------------------------------
 
 def _transition(ctx: Context, exp_id: str, attempt: int, **values) -> bool:
@@ -336,6 +348,7 @@ def reconcile_once(ctx: Context) -> int:
         ids = list(s.scalars(select(Experiment.id).where(Experiment.status.in_(ACTIVE))
                              .order_by(Experiment.created_at)))
     changed = 0
+    _refresh_cancelled(ctx)
     for exp_id in ids:
         try:
             changed += reconcile_experiment(ctx, exp_id)

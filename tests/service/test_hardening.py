@@ -113,6 +113,15 @@ def test_the_job_refuses_a_root_outside_its_data_roots_and_a_root_without_the_da
         run.prepare_dataset(parse_spec(cifar_spec(str(data / "empty"))), tmp_path / "runs")
 
 
+def test_failure_reasons_lose_colour_codes_and_keep_the_end():
+    from service.ray_jobs import clean_message
+
+    raw = "\x1b[31mTraceback\x1b[0m\n" + "x" * 30_000 + "\nValueError: \x1b[1mbad root\x1b[0m"
+    text = clean_message(raw)
+    assert "\x1b" not in text and len(text) == 1000
+    assert text.startswith("…") and text.endswith("ValueError: bad root")
+
+
 # --- strict bodies (in-process) -------------------------------------------------------------------------------------
 
 def _post_raw(c, body: bytes, content_type: str | None = "application/json"):
@@ -312,6 +321,14 @@ def test_concurrent_posts_never_exceed_the_active_limit(servers, tmp_path, db_ur
         assert codes == [202] * 8 + [429] * 12, [(r.status_code, r.text[:200]) for r in answers]
         listed = httpx.get(f"{api.url}/experiments", params={"limit": 100}, timeout=30).json()
         assert sum(e["status"] in ("PENDING", "RUNNING") for e in listed["items"]) == 8
+        # a cancel: CANCELLED at once, and ray_job_status follows Ray to STOPPED (it used to stay RUNNING)
+        r = httpx.delete(f"{api.url}/experiments/{created[0]}", headers=AUTH, timeout=60)
+        assert r.status_code == 202 and r.json()["status"] == "CANCELLED"
+        deadline = time.monotonic() + 60
+        while (seen := httpx.get(f"{api.url}/experiments/{created[0]}", timeout=30).json())["ray_job_status"] \
+                != "STOPPED":
+            assert time.monotonic() < deadline, f"ray_job_status still {seen['ray_job_status']} after the cancel"
+            time.sleep(1)
     finally:
         for exp_id in created:
             httpx.delete(f"{api.url}/experiments/{exp_id}", headers=AUTH, timeout=60)
