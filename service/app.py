@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 from contextlib import asynccontextmanager
 
@@ -27,20 +28,23 @@ async def _reconcile_forever(ctx: Context) -> None:
     # Its own thread, not the request thread pool: a flood of requests cannot delay the reconciler, nor it them.
     own = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconciler")
     loop = asyncio.get_running_loop()
-    while True:
-        try:
-            await loop.run_in_executor(own, reconcile_once, ctx)
-        except Exception:  # noqa: BLE001
-            log.exception("reconciler pass failed")
-        await asyncio.sleep(ctx.settings.reconcile_interval_s)
+    try:
+        while True:
+            try:
+                await loop.run_in_executor(own, reconcile_once, ctx)
+            except Exception:  # noqa: BLE001
+                log.exception("reconciler pass failed")
+            await asyncio.sleep(ctx.settings.reconcile_interval_s)
+    finally:
+        own.shutdown(wait=False)
 
 
 def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
-    # MLflow's client retries a refused connection for minutes by default: fail fast, answer 503 instead.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-
     settings = settings or Settings()
+    # MLflow's client retries for minutes by default: one try with a short timeout, then 503 naming the cause
+    # (a timed-out read is never repeated). Process-wide: the MLflow client reads these on every request.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(settings.mlflow_timeout_s)))  # whole seconds
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

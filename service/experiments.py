@@ -15,7 +15,6 @@ import concurrent.futures
 import datetime as dt
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -96,7 +95,7 @@ class Context:
 
 def explain_mlflow_error(e: Exception, uri: str, timeout: float) -> str:
     text = str(e)
-    if "ReadTimeout" in text or "Read timed out" in text or "timed out" in text.lower():
+    if "ReadTimeout" in text or "timeout exception" in text or "timed out" in text.lower():
         return f"MLflow at {uri} did not answer within {timeout:g} s (timeout; SIBNN_MLFLOW_TIMEOUT_S)"
     if "NewConnectionError" in text or "Connection refused" in text:
         return f"MLflow at {uri} is unreachable (connection refused)"

@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     read_token: SecretStr | None = None
     read_token_path: Path | None = None
     open_reads: bool | None = Field(None, description="reads need no token (default: only on a loopback host)")
-    mlflow_timeout_s: float = Field(5.0, gt=0, description="timeout of one MLflow request; a timed-out read is "
-                                                           "not retried")
+    mlflow_timeout_s: float = Field(5.0, ge=1, description="timeout of one MLflow request (whole seconds: MLflow's "
+                                                           "client takes an int); a timed-out read is not retried")
     mlflow_max_calls: int = Field(8, ge=1, description="MLflow calls in flight at once; more get 503 at once")
 
     @property
