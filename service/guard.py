@@ -7,11 +7,13 @@ checked for what the JSON parser itself reports badly: the parse error's line an
 digits and deep nesting, all as 422 naming ``body``. What passes is handed to the routes unchanged.
 
 Writes (any method but GET/HEAD/OPTIONS) need ``SIBNN_API_TOKEN``; reads need it or ``SIBNN_READ_TOKEN`` unless
-reads are open (``Settings.reads_open``: a loopback host, or ``SIBNN_OPEN_READS=true``). Probes and the API's own
+reads are open (``SIBNN_OPEN_READS=true``, or by default a loopback ``SIBNN_HOST`` and a request that arrived on a
+loopback address). Probes and the API's own
 description stay open: /healthz, /readyz, /docs, /openapi.json.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 
@@ -92,13 +94,26 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, settings: Settings):
         self.app, self.settings = app, settings
 
+    def _reads_open(self, scope: Scope) -> bool:
+        """Explicit SIBNN_OPEN_READS wins; else open only on a loopback SIBNN_HOST and a request that arrived on a
+        loopback address (``uvicorn --host 0.0.0.0`` without SIBNN_HOST still closes reads to the network)."""
+        if self.settings.open_reads is not None:
+            return self.settings.open_reads
+        if not self.settings.reads_open:
+            return False
+        server = scope.get("server")
+        try:
+            return server is None or ipaddress.ip_address(server[0]).is_loopback
+        except ValueError:  # a name, not an address (test clients): the setting decides
+            return True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
         method, path = scope["method"], scope["path"]
         write = method not in READ_METHODS
-        if path not in OPEN_PATHS and (write or not self.settings.reads_open):
+        if path not in OPEN_PATHS and (write or not self._reads_open(scope)):
             why = token_problem(self.settings, request.headers.get("authorization"), write)
             if why is not None:
                 return await _problem(scope, send, 401, "Unauthorized", why, headers=CHALLENGE)

@@ -196,6 +196,33 @@ def test_reads_on_loopback_are_open_unless_closed_explicitly(offline_settings):
         assert c.get("/experiments").status_code == 401
 
 
+@pytest.mark.parametrize("server, open_reads, want", [(("127.0.0.1", 8000), None, 200), (("10.1.2.3", 8000), None, 401),
+                                                      (("10.1.2.3", 8000), True, 200), (("::1", 8000), False, 401)])
+def test_a_request_that_arrived_on_a_network_address_needs_a_token_to_read(server, open_reads, want):
+    """`uvicorn --host 0.0.0.0` without SIBNN_HOST: the connection's own address closes reads to the network."""
+    import asyncio
+
+    from service.guard import RequestGuard
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    guard = RequestGuard(app, Settings(api_token=API_TOKEN, open_reads=open_reads))
+    scope = {"type": "http", "method": "GET", "path": "/experiments", "headers": [], "server": server,
+             "query_string": b""}
+    asyncio.run(guard(scope, receive, send))
+    assert sent[0]["status"] == want
+
+
 # --- bodies against a real server ---------------------------------------------------------------------------------
 
 def _rss_kib(pid: int) -> int:
