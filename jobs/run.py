@@ -65,13 +65,44 @@ def resolve_storage(storage_path: str | None) -> tuple[str, Path]:
     return str(local), local
 
 
+def _confined(root: Path, storage_path: Path) -> Path:
+    """``root`` with symlinks and ``..`` resolved, refused unless it lies inside ``SIBNN_DATA_ROOTS`` (set by the
+    service on every job it submits) — the storage path counts as one, for the synthetic data made there."""
+    real = Path(os.path.realpath(root))
+    allowed = os.environ.get("SIBNN_DATA_ROOTS")
+    if allowed is None:  # run by hand, outside the service: the user's own paths
+        return real
+    roots = [Path(os.path.realpath(r)) for r in allowed.split(os.pathsep) if r.strip()] + [storage_path]
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise InputError(f"dataset.root {root} resolves to {real}, outside the data roots "
+                         f"({', '.join(map(str, roots))})")
+    return real
+
+
+def _check_layout(spec: ExperimentSpec, root: Path) -> None:
+    """Fail in the driver, in one line, when the root lacks the dataset's files (not in every worker, retried)."""
+    from sibnn.data import DatasetError, load_small_dataset
+
+    ds = spec.dataset
+    try:
+        if ds.is_imagenet_format and ds.format == "folder":
+            for split in ("train", "val"):
+                if not (root / split).is_dir():
+                    raise DatasetError(f"{root} has no {split}/ folder (ImageNet folder layout: train/<wnid>/*.JPEG, "
+                                       f"val/<wnid>/*.JPEG)")
+        elif ds.kind in ("mnist", "cifar10"):
+            load_small_dataset(ds.kind, root)
+    except DatasetError as e:
+        raise InputError(f"dataset.root: {e}") from None
+
+
 def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
     """The data root every worker reads; synthetic ImageNet-format data is generated once when absent."""
     ds = spec.dataset
     if ds.kind == "digits":
         return None
     if ds.kind == "synthetic":
-        root = Path(ds.root) if ds.root else storage_path / "datasets" / (
+        root = _confined(Path(ds.root), storage_path) if ds.root else storage_path / "datasets" / (
             f"synthetic-{ds.synthetic_classes}x{ds.synthetic_per_class}")
         if not (root / "train").is_dir():
             from sibnn.data.synthetic import write_synthetic_imagenet
@@ -79,9 +110,11 @@ def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
             write_synthetic_imagenet(root, ds.synthetic_classes, ds.synthetic_per_class,
                                      webdataset=ds.format == "webdataset")
         return str(root / "wds") if ds.format == "webdataset" else str(root)
-    root = Path(ds.root)
+    root = _confined(Path(ds.root), storage_path)
     if not root.is_dir():
-        raise InputError(f"dataset.root {root} does not exist or is not a directory (on the machine running the job)")
+        raise InputError(f"dataset.root {ds.root} does not exist or is not a directory (on the machine running the "
+                         f"job)")
+    _check_layout(spec, root)
     return str(root)
 
 

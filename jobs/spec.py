@@ -18,8 +18,12 @@ SPEC_VERSION = 1
 DATASET_KINDS = ("imagenet", "cifar10", "mnist", "digits", "synthetic")
 
 
+MAX_SYNTHETIC_IMAGES = 20_000  # per synthetic dataset (train), so one request cannot fill a disk
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion ("epochs": true is not 1, "seed": "3" is not 3); an int is still a valid float.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DatasetSpec(_Strict):
@@ -42,6 +46,15 @@ class DatasetSpec(_Strict):
             raise ValueError(f"required for dataset kind {kind!r}")
         if kind == "digits" and v:
             raise ValueError("must be empty for 'digits' (it ships with scikit-learn)")
+        return v
+
+    @field_validator("synthetic_per_class", mode="after")
+    @classmethod
+    def _synthetic_size(cls, v, info):
+        classes = info.data.get("synthetic_classes")
+        if classes is not None and classes * v > MAX_SYNTHETIC_IMAGES:
+            raise ValueError(f"synthetic_classes × synthetic_per_class = {classes * v} images; at most "
+                             f"{MAX_SYNTHETIC_IMAGES}")
         return v
 
     @field_validator("format", mode="after")
@@ -72,10 +85,15 @@ class GridSpec(_Strict):
 
     @field_validator("rho")
     @classmethod
-    def _rho_range(cls, v):
+    def _rho_range(cls, v, info):
         bad = [r for r in v if not 0.0 <= r <= 1.0]
         if bad:
             raise ValueError(f"rho must be in [0, 1], got {bad}")
+        binarizers = info.data.get("binarizer")
+        if binarizers is not None and not any(b.startswith("sibnn") for b in binarizers):
+            # runs only when rho is given (defaults are not validated): a ρ that no trial would use is a mistake
+            raise ValueError(f"rho is only used by the sibnn binarizers and none is in grid.binarizer "
+                             f"({', '.join(binarizers)}); drop rho or add 'sibnn'")
         return v
 
     @field_validator("seed")

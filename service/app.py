@@ -6,7 +6,9 @@ The lifespan opens the database (migrating it), and runs the reconciler: every f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import math
 import os
 from contextlib import asynccontextmanager
 
@@ -15,6 +17,7 @@ from fastapi import FastAPI
 
 from service import problems
 from service.experiments import Context, reconcile_once
+from service.guard import RequestGuard
 from service.routes import experiments, health, models, tables
 from service.settings import Settings
 
@@ -22,22 +25,30 @@ log = logging.getLogger("service")
 
 
 async def _reconcile_forever(ctx: Context) -> None:
-    while True:
-        try:
-            await anyio.to_thread.run_sync(reconcile_once, ctx)
-        except Exception:  # noqa: BLE001
-            log.exception("reconciler pass failed")
-        await asyncio.sleep(ctx.settings.reconcile_interval_s)
+    # Its own thread, not the request thread pool: a flood of requests cannot delay the reconciler, nor it them.
+    own = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconciler")
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                await loop.run_in_executor(own, reconcile_once, ctx)
+            except Exception:  # noqa: BLE001
+                log.exception("reconciler pass failed")
+            await asyncio.sleep(ctx.settings.reconcile_interval_s)
+    finally:
+        own.shutdown(wait=False)
 
 
 def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
-    # MLflow's client retries a refused connection for minutes by default: fail fast, answer 503 instead.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    settings = settings or Settings()
+    # MLflow's client retries for minutes by default: one try with a short timeout, then 503 naming the cause
+    # (a timed-out read is never repeated). Process-wide: the MLflow client reads these on every request.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(settings.mlflow_timeout_s)))  # whole seconds
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        ctx = await anyio.to_thread.run_sync(Context.from_settings, settings or Settings())
+        ctx = await anyio.to_thread.run_sync(Context.from_settings, settings)
         app.state.ctx = ctx
         task = asyncio.create_task(_reconcile_forever(ctx)) if reconcile else None
         try:
@@ -54,6 +65,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
     app = FastAPI(title="sibnn", version="1", lifespan=lifespan,
                   description="Reproduce the Si-BNN paper's tables on a Ray cluster; runs recorded in MLflow.")
     problems.install(app)
+    app.add_middleware(RequestGuard, settings=settings)
     for r in (experiments.router, tables.router, models.router, health.router):
         app.include_router(r)
     return app

@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 
 from sqlalchemy import (Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint,
-                        create_engine, event)
+                        create_engine, event, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -109,6 +109,22 @@ class IdempotencyKey(Base):
     experiment_id: Mapped[str | None] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
                                                       nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+CREATE_LOCK_KEY = 0x51B_0001  # PostgreSQL advisory lock: "an experiment is being counted and created"
+
+
+def lock_experiment_creation(s) -> None:
+    """Serialise "count the active experiments, then insert one" across requests, processes and API replicas.
+
+    Called first in the session's transaction; the lock is released by its commit or rollback. PostgreSQL: a
+    transaction-scoped advisory lock. SQLite: a write statement that changes nothing takes the database's write
+    lock at once (in WAL mode a transaction that read first could not upgrade later); other writers wait for it
+    (busy_timeout)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CREATE_LOCK_KEY})
+    else:
+        s.execute(text("UPDATE experiments SET status = status WHERE 0 = 1"))
 
 
 def submission_id(experiment_id: str, attempt: int) -> str:

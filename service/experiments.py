@@ -11,8 +11,10 @@ the reconciler, a cancel request and a second API replica never overwrite each o
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import logging
+import os
 import threading
 import time
 import uuid
@@ -31,7 +33,7 @@ from jobs.spec import ExperimentSpec, parse_spec
 from service import db
 from service.db import ACTIVE, TERMINAL, Attempt, Experiment, IdempotencyKey, utcnow
 from service.problems import Problem
-from service.ray_jobs import JobNotFound, RayJobs, RayUnavailable
+from service.ray_jobs import JobNotFound, RayJobs, RayUnavailable, clean_message
 from service.results import experiment_link, trial_status
 from service.settings import Settings
 
@@ -68,35 +70,95 @@ class Context:
     def mlflow(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.settings.mlflow_tracking_uri)
 
+    @cached_property
+    def mlflow_gate(self) -> "CallGate":
+        return CallGate(self.settings.mlflow_max_calls, "mlflow")
+
     def mlflow_call(self, fn, *args):
+        """``fn(client, *args)`` in the MLflow pool, waited for at most a few request timeouts.
+
+        A hung MLflow holds at most ``SIBNN_MLFLOW_MAX_CALLS`` threads; further calls fail at once instead of
+        queueing, so the endpoints that only need the database, and the reconciler, keep their threads."""
+        uri, timeout = self.settings.mlflow_tracking_uri, self.settings.mlflow_timeout_s
+        future = self.mlflow_gate.submit(lambda: fn(self.mlflow, *args))
+        if future is None:
+            raise MlflowUnavailable(f"MLflow at {uri} is not answering: {self.settings.mlflow_max_calls} calls are "
+                                    f"already waiting for it (SIBNN_MLFLOW_MAX_CALLS)")
         try:
-            return fn(self.mlflow, *args)
-        except Exception as e:  # noqa: BLE001 - connection refused, 5xx, bad answers: one message naming the address
-            text = str(e)
-            uri = self.settings.mlflow_tracking_uri
-            if "NewConnectionError" in text or "Connection refused" in text or "Max retries exceeded" in text:
-                raise MlflowUnavailable(f"MLflow at {uri} is unreachable (connection refused)") from None
-            first = (text.strip().splitlines() or [type(e).__name__])[0]
-            raise MlflowUnavailable(f"MLflow at {uri} failed: {first[:300]}") from None
+            return future.result(timeout=3 * timeout + 1)
+        except concurrent.futures.TimeoutError:
+            raise MlflowUnavailable(f"MLflow at {uri} did not answer within {3 * timeout + 1:g} s "
+                                    f"(timeout)") from None
+        except Exception as e:  # noqa: BLE001 - refused, timed out, 5xx, bad answers: one message naming the address
+            raise MlflowUnavailable(explain_mlflow_error(e, uri, timeout)) from None
+
+
+def explain_mlflow_error(e: Exception, uri: str, timeout: float) -> str:
+    text = str(e)
+    if "ReadTimeout" in text or "timeout exception" in text or "timed out" in text.lower():
+        return f"MLflow at {uri} did not answer within {timeout:g} s (timeout; SIBNN_MLFLOW_TIMEOUT_S)"
+    if "NewConnectionError" in text or "Connection refused" in text:
+        return f"MLflow at {uri} is unreachable (connection refused)"
+    if "Max retries exceeded" in text:
+        return f"MLflow at {uri} is unreachable ({text.split('Caused by', 1)[-1].strip(' ()')[:200]})"
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    return f"MLflow at {uri} failed: {first[:300]}"
+
+
+class CallGate:
+    """A bounded thread pool that refuses work instead of queueing it when every slot is taken."""
+
+    def __init__(self, slots: int, name: str):
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=slots, thread_name_prefix=name)
+        self.slots = threading.BoundedSemaphore(slots)
+
+    def submit(self, fn) -> concurrent.futures.Future | None:
+        if not self.slots.acquire(blocking=False):
+            return None
+        try:
+            future = self.pool.submit(fn)
+        except BaseException:
+            self.slots.release()
+            raise
+        future.add_done_callback(lambda _: self.slots.release())
+        return future
 
 
 # --- create -------------------------------------------------------------------------------------------------------
 
-def check_dataset(settings: Settings, spec: ExperimentSpec) -> None:
-    """422 naming dataset.root when the data is not where the spec says (on this machine)."""
+def _root_problem(msg: str):
+    return Problem(422, f"dataset.root: {msg}", title="Dataset not reachable",
+                   errors=[{"field": "dataset.root", "message": msg}])
+
+
+def confine_dataset(settings: Settings, spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec with ``dataset.root`` made absolute, after checking it lies inside one of ``SIBNN_DATA_ROOTS``.
+
+    A relative root is taken inside the first data root (never the API's working directory). Symlinks and ``..``
+    are followed before the comparison (``os.path.realpath``), so neither a link nor a climb leaves the roots.
+    When the data is on the service's machine too (``SIBNN_CHECK_DATASET_PATHS``), it must also exist there."""
     ds = spec.dataset
-    if not settings.check_dataset_paths or ds.root is None:
-        return
-    root = Path(ds.root).expanduser()
-    if ds.kind == "synthetic":
-        ok, why = root.is_dir() or root.parent.is_dir(), "neither it nor its parent folder exists"
-    else:
-        ok, why = root.is_dir(), "is not a directory"
-    if not ok:
-        msg = (f"{ds.root} {why} on the service's machine (set SIBNN_CHECK_DATASET_PATHS=false when only the "
-               f"cluster sees the data)")
-        raise Problem(422, f"dataset.root: {msg}", title="Dataset not reachable",
-                      errors=[{"field": "dataset.root", "message": msg}])
+    if ds.root is None:
+        return spec
+    roots = settings.data_root_paths
+    given = Path(ds.root)
+    path = given if given.is_absolute() else roots[0] / given
+    real = Path(os.path.realpath(path))
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise _root_problem(f"{ds.root} resolves to {real}, outside the data roots of this service "
+                            f"({', '.join(map(str, roots))}; SIBNN_DATA_ROOTS)")
+    if settings.check_dataset_paths:
+        if ds.kind == "synthetic":
+            ok, why = real.is_dir() or real.parent.is_dir(), "neither it nor its parent folder exists"
+        else:
+            ok, why = real.is_dir(), "is not a directory"
+        if not ok:
+            shown = ds.root if str(real) == ds.root else f"{ds.root} (= {real})"
+            raise _root_problem(f"{shown} {why} on the service's machine (set SIBNN_CHECK_DATASET_PATHS=false "
+                                f"when only the cluster sees the data)")
+    if str(real) == ds.root:
+        return spec
+    return spec.model_copy(update={"dataset": ds.model_copy(update={"root": str(real)})})
 
 
 def _check_limits(ctx: Context, s: Session, spec: ExperimentSpec) -> None:
@@ -129,8 +191,8 @@ def create_experiment(ctx: Context, spec: ExperimentSpec,
                       idempotency_key: str | None = None) -> tuple[Experiment, bool]:
     """Store, register in MLflow and submit to Ray. Returns (experiment, created); a replayed key returns the
     experiment it created before with created=False."""
+    spec = confine_dataset(ctx.settings, spec)
     fingerprint = spec.fingerprint()
-    check_dataset(ctx.settings, spec)
     with ctx.sessions() as s:
         if idempotency_key is not None:
             key = s.get(IdempotencyKey, idempotency_key)
@@ -150,9 +212,12 @@ def create_experiment(ctx: Context, spec: ExperimentSpec,
                 if key is None:
                     raise Problem(409, "a concurrent request with this Idempotency-Key is being processed") from None
                 return _replay(s, key, fingerprint), False
+        s.commit()  # end the key's transaction: the count and the insert below get one of their own
         try:
+            db.lock_experiment_creation(s)  # held until the commit: no other request counts in between
             _check_limits(ctx, s, spec)
         except Problem:
+            s.rollback()
             _forget_key(s, idempotency_key)
             raise
         exp_id = uuid.uuid4().hex[:16]
@@ -231,9 +296,38 @@ def cancel_experiment(ctx: Context, exp_id: str) -> Experiment:
         raise Problem(503, f"{e}; the cancellation is recorded and retried", title="Dependency unavailable") from None
     if done:
         _transition(ctx, exp_id, attempt, status=db.CANCELLED, reason="cancelled by request", finished_at=utcnow())
+    _refresh_ray_status(ctx, exp_id, attempt, sid)
     # else: the reconciler repeats stop_job until Ray has started (and so can stop) the job, then → CANCELLED
     with ctx.sessions() as s:
         return s.get(Experiment, exp_id)
+
+
+def _refresh_ray_status(ctx: Context, exp_id: str, attempt: int, sid: str) -> None:
+    """Record what Ray now says about the attempt's job (after a stop the answer must not show the old RUNNING)."""
+    try:
+        state = ctx.ray.state(sid)
+    except JobNotFound:
+        status, message, terminal = "LOST", None, True
+    except RayUnavailable:
+        return  # the reconciler records it on its next pass
+    else:
+        status, message, terminal = state.status, clean_message(state.message, 4000), state.terminal
+    with ctx.sessions() as s:
+        s.execute(update(Attempt).where(Attempt.experiment_id == exp_id, Attempt.number == attempt)
+                  .values(ray_status=status, message=message, ended_at=utcnow() if terminal else None))
+        s.commit()
+
+
+def _refresh_cancelled(ctx: Context) -> None:
+    """Cancelled experiments whose Ray job was still stopping when last asked: record how it ended (STOPPED)."""
+    with ctx.sessions() as s:
+        rows = s.execute(select(Attempt.experiment_id, Attempt.number, Attempt.submission_id)
+                         .join(Experiment, (Experiment.id == Attempt.experiment_id)
+                               & (Experiment.attempt == Attempt.number))
+                         .where(Experiment.status == db.CANCELLED, Attempt.ray_status.in_(("PENDING", "RUNNING")))
+                         .limit(100)).all()
+    for exp_id, number, sid in rows:
+        _refresh_ray_status(ctx, exp_id, number, sid)
 
 
 # --- reconcile ----------------------------------------------------------------------------------------------------
@@ -253,6 +347,7 @@ def reconcile_once(ctx: Context) -> int:
         ids = list(s.scalars(select(Experiment.id).where(Experiment.status.in_(ACTIVE))
                              .order_by(Experiment.created_at)))
     changed = 0
+    _refresh_cancelled(ctx)
     for exp_id in ids:
         try:
             changed += reconcile_experiment(ctx, exp_id)
@@ -292,7 +387,7 @@ def reconcile_experiment(ctx: Context, exp_id: str) -> bool:
         return _job_lost(ctx, exp_id, attempt, cancel)
     with ctx.sessions() as s:
         s.execute(update(Attempt).where(Attempt.experiment_id == exp_id, Attempt.number == attempt)
-                  .values(ray_status=state.status, message=(state.message or "")[:4000],
+                  .values(ray_status=state.status, message=clean_message(state.message, 4000) or "",
                           ended_at=utcnow() if state.terminal else None))
         s.commit()
     if cancel and not state.terminal:
@@ -304,8 +399,9 @@ def reconcile_experiment(ctx: Context, exp_id: str) -> bool:
         new, reason = db.FAILED, f"the Ray job {sid} was stopped outside the service"
     else:
         new = RAY_TO_STATUS.get(state.status, status)
-        reason = (f"Ray job {sid} failed: {state.message or 'no message'}"
+        reason = (f"Ray job {sid} failed: {clean_message(state.message) or 'no message'}"
                   + (f" (exit code {state.exit_code})" if state.exit_code is not None else "")
+                  + f"; full log: /experiments/{exp_id}/logs"
                   if new == db.FAILED else None)
     if new == status:
         return False

@@ -8,6 +8,8 @@ Everything here blocks (HTTP through ``requests``): call it from sync endpoints 
 from __future__ import annotations
 
 import base64
+import os
+import re
 import shlex
 import threading
 from collections.abc import AsyncIterator
@@ -17,6 +19,19 @@ import httpx
 
 from jobs.spec import ExperimentSpec
 from service.settings import Settings
+
+
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+REASON_CHARS = 1000
+
+
+def clean_message(text: str | None, limit: int = REASON_CHARS) -> str | None:
+    """A Ray message fit for a status answer: no terminal colour codes, at most ``limit`` characters (the end,
+    where the error is); the full driver log stays at ``/experiments/{id}/logs``."""
+    if text is None:
+        return None
+    text = ANSI.sub("", text).strip()
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
 class RayUnavailable(RuntimeError):
@@ -55,6 +70,7 @@ def runtime_env(settings: Settings, experiment_id: str) -> dict:
     return {"env_vars": {
         "MLFLOW_TRACKING_URI": settings.job_mlflow_tracking_uri or settings.mlflow_tracking_uri,
         "SIBNN_STORAGE_PATH": str(settings.runs_path),
+        "SIBNN_DATA_ROOTS": os.pathsep.join(map(str, settings.data_root_paths)),
         "SIBNN_EXPERIMENT_ID": experiment_id,
         "PYTHONPATH": settings.job_pythonpath,
         "PYTHONUNBUFFERED": "1",

@@ -13,6 +13,11 @@
 | SIBNN_STORAGE_PATH | $SIBNN_HOME/runs | checkpoints and Tune state: a path every Ray node sees, or ``s3://``/``gs://`` |
 | SIBNN_API_TOKEN | – | bearer token for every request that changes state (none set: such requests get 401) |
 | SIBNN_HOST / SIBNN_PORT | 127.0.0.1 / 8000 | bind address of ``sibnn up`` / ``python -m service`` |
+| SIBNN_DATA_ROOTS | $SIBNN_HOME/data | folders (``:``-separated) every ``dataset.root`` must lie in; relative roots are taken inside the first |
+| SIBNN_MAX_BODY_BYTES | 1048576 | largest request body (413 above it, checked while reading, after the token) |
+| SIBNN_READ_TOKEN / SIBNN_READ_TOKEN_PATH | – | a read-only bearer token (or a file holding it); the API token reads too |
+| SIBNN_OPEN_READS | loopback host: true, else false | reads without a token; off unless SIBNN_HOST is loopback or this says true |
+| SIBNN_MLFLOW_TIMEOUT_S / SIBNN_MLFLOW_MAX_CALLS | 5 / 8 | per MLflow request (never retried); MLflow calls in flight at once |
 
 Read by the jobs from the Ray head's environment (``sibnn up`` passes its shell's ``SIBNN_*`` to the head):
 
@@ -23,6 +28,7 @@ Read by the jobs from the Ray head's environment (``sibnn up`` passes its shell'
 """
 from __future__ import annotations
 
+import os
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -66,6 +72,14 @@ class Settings(BaseSettings):
     max_trials: int = Field(512, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
     trials_cache_s: float = Field(1.0, ge=0, description="how stale per-trial state from MLflow may be")
+    data_roots: str | None = Field(None, description="folders every dataset.root must lie in (os.pathsep-separated)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
+    read_token: SecretStr | None = None
+    read_token_path: Path | None = None
+    open_reads: bool | None = Field(None, description="reads need no token (default: only on a loopback host)")
+    mlflow_timeout_s: float = Field(5.0, ge=1, description="timeout of one MLflow request (whole seconds: MLflow's "
+                                                           "client takes an int); a timed-out read is not retried")
+    mlflow_max_calls: int = Field(8, ge=1, description="MLflow calls in flight at once; more get 503 at once")
 
     @field_validator("storage_path", mode="before")
     @classmethod
@@ -83,6 +97,27 @@ class Settings(BaseSettings):
     @property
     def mlflow_ui(self) -> str:
         return (self.mlflow_ui_url or self.mlflow_tracking_uri).rstrip("/")
+
+    @property
+    def data_root_paths(self) -> list[Path]:
+        """The allowed dataset folders, symlinks resolved (so a path is compared with where it really points)."""
+        raw = [p for p in (self.data_roots or "").split(os.pathsep) if p.strip()]
+        roots = [Path(p.strip()).expanduser() for p in raw] or [self.home / "data"]
+        return [Path(os.path.realpath(r if r.is_absolute() else self.home / r)) for r in roots]
+
+    @property
+    def reads_open(self) -> bool:
+        if self.open_reads is not None:
+            return self.open_reads
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @cached_property
+    def read_token_value(self) -> str | None:
+        if self.read_token is not None:
+            return self.read_token.get_secret_value().strip() or None
+        if self.read_token_path is not None:
+            return self.read_token_path.read_text().strip() or None
+        return None
 
     @cached_property
     def ray_token(self) -> str | None:

@@ -50,14 +50,16 @@ def readyz(ctx: Context = Depends(get_ctx)):
         if not uri.startswith("http"):
             return uri
         try:
-            r = httpx.get(f"{uri}/health", timeout=s.request_timeout_s)
+            r = httpx.get(f"{uri}/health", timeout=s.mlflow_timeout_s)
+        except httpx.TimeoutException:
+            raise RuntimeError(f"MLflow at {uri} did not answer within {s.mlflow_timeout_s:g} s (timeout)") from None
         except httpx.HTTPError as e:
             raise RuntimeError(f"MLflow at {uri} is unreachable: {e}") from None
         if r.status_code != 200:
             raise RuntimeError(f"MLflow at {uri} answered {r.status_code}: {r.text[:200]}")
         # /health is exempt from MLflow's Host-header check (≥ 3.5); a real API call is not, so ask one.
         r = httpx.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                      timeout=s.request_timeout_s)
+                      timeout=s.mlflow_timeout_s)
         if r.status_code == 403:
             raise RuntimeError(f"MLflow at {uri} refuses this Host header (403): add it to the server's "
                                "--allowed-hosts")

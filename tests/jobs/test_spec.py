@@ -76,3 +76,32 @@ def test_preset_without_its_dataset_root_names_the_field():
         preset("imagenet-alexnet-rho")
     with pytest.raises(ValueError, match="unknown preset"):
         preset("imagenet-everything")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_types_are_strict_no_bool_for_int_no_string_for_a_number(as_json):
+    import json
+
+    def check(data):
+        return _errors(json.dumps(data) if as_json else data)
+
+    assert "recipe.epochs" in check({**BASE, "recipe": {"epochs": True}})
+    assert "grid.seed.0" in check({**BASE, "grid": {**BASE["grid"], "seed": ["1"]}})
+    assert "resources.workers_per_trial" in check({**BASE, "resources": {"workers_per_trial": 1.0}})
+    # an int is a valid float (ρ = 0, 1)
+    spec = parse_spec({**BASE, "grid": {**BASE["grid"], "rho": [0, 1]}})
+    assert spec.grid.rho == [0.0, 1.0]
+
+
+def test_rho_without_a_sibnn_binarizer_is_an_error_naming_grid_rho():
+    errors = _errors({**BASE, "grid": {**BASE["grid"], "binarizer": ["sign"], "rho": [0.5]}})
+    assert "sibnn" in errors["grid.rho"]
+    # not given: the default ρ is not an error (sign trials simply have none)
+    spec = parse_spec({**BASE, "grid": {"arch": ["digits_cnn"], "binarizer": ["sign", "fp"]}})
+    assert {t.rho for t in spec.trials()} == {None}
+
+
+def test_synthetic_requests_are_bounded():
+    big = {"kind": "synthetic", "synthetic_classes": 1000, "synthetic_per_class": 10_000}
+    assert "20000" in _errors({**BASE, "grid": {**BASE["grid"], "arch": ["resnet18"]},
+                              "dataset": big})["dataset.synthetic_per_class"]
