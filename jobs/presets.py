@@ -30,7 +30,8 @@ PRESETS: dict[str, dict] = {
     },
     "digits": {
         "name": "digits Si-BNN vs sign vs FP",
-        "description": "Embedded default: scikit-learn's 8×8 digits, Si-BNN at several ρ next to sign-BNN and FP.",
+        "description": ("The smaller embedded sweep (tests): scikit-learn's 8×8 digits, Si-BNN at several ρ next to "
+                        "sign-BNN and FP."),
         "dataset": {"kind": "digits"},
         "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn", "sign", "fp"], "rho": [0.0, 0.3, 1.0],
                  "seed": [0, 1]},

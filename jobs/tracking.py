@@ -1,8 +1,8 @@
 """MLflow layout shared by the jobs (which write it) and the service (which reads it).
 
 One MLflow experiment per service experiment, named ``sibnn-<experiment id>``; in it one parent run for the sweep
-(tag ``sibnn.role = parent``) and one child run per trial (``sibnn.role = trial``, ``sibnn.trial_id``,
-``mlflow.parentRunId``). Every run is found by its tags before one is created, so a restarted driver or a
+(tag ``sibnn.role = parent``) and one run per trial (``sibnn.role = trial``, ``sibnn.trial_id``,
+``sibnn.parent_run_id``). Every run is found by its tags before one is created, so a restarted driver or a
 resubmitted job resumes the same runs and never duplicates them.
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ TAG_TRIAL = "sibnn.trial_id"
 TAG_SPEC_FINGERPRINT = "sibnn.spec_fingerprint"
 TAG_BEST_CHECKPOINT = "sibnn.best_checkpoint"
 TAG_STATE = "sibnn.trial_state"  # PENDING | RUNNING | FINISHED | FAILED | KILLED, mirrored from the run status
-PARENT_TAG = "mlflow.parentRunId"
+# The trial runs point at the sweep's run with our own tag, not ``mlflow.parentRunId``: MLflow 3's UI folds child
+# runs under a collapsed parent, so a user opening the experiment saw one run and an empty chart view.
+PARENT_TAG = "sibnn.parent_run_id"
 # MLflow 3's UI opens an experiment in its GenAI view (traces) unless the experiment says it is model training.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"

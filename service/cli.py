@@ -203,7 +203,7 @@ def watch(api: Api, exp_id: str, poll_s: float = 2.0) -> str:
         last = {"status": None}
 
         def log(exp):
-            if exp["status"] != last["status"]:
+            if exp["status"] != last["status"] and exp["status"] not in TERMINAL:  # the end is printed below
                 console.print(f"experiment {exp_id}: {exp['status']}", highlight=False)
                 last["status"] = exp["status"]
             for line in trial_events(seen, exp.get("trials") or []):
