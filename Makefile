@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP) system-deps
 
 # Debian packages the tests use: PostgreSQL 15's server (a private cluster per test session) and docker-compose
-# 1.29 (offline validation of docker-compose.yml). Installed only when missing, and only as root.
+# 1.29 (offline validation of docker-compose.yml), Chromium and its chromedriver (the MLflow UI browser test:
+# selenium drives /usr/bin/chromedriver, nothing is downloaded). Installed only when missing, and only as root.
 system-deps:
 	@missing=""; \
 	test -x /usr/lib/postgresql/15/bin/initdb || missing="$$missing postgresql-15"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	test -x /usr/bin/chromedriver || missing="$$missing chromium chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
@@ -35,8 +37,9 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The embedded default: a local Ray head, an MLflow server and the API as child processes, the digits preset
-# (Si-BNN at several rho vs sign vs FP, two seeds) submitted through the API, the tables printed at the end.
+# The embedded default: a local Ray head, an MLflow server and the API as child processes, the mnist5k preset
+# (real MNIST digits; Si-BNN at rho 0, 0.3, 1 vs sign vs FP, two seeds) submitted through the API, the results and
+# the paper's claims (holds / does not hold) printed at the end.
 demo: setup
 	$(BIN)/sibnn demo
 

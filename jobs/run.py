@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jobs.presets import PRESETS, preset
 from jobs.spec import ExperimentSpec, SpecError, parse_spec
+from sibnn.data.small import EMBEDDED_DATASETS
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 143
 SIGTERM_DEADLINE_S = 2.5  # Ray's stop_job waits a few seconds before SIGKILL
@@ -99,7 +100,7 @@ def _check_layout(spec: ExperimentSpec, root: Path) -> None:
 def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
     """The data root every worker reads; synthetic ImageNet-format data is generated once when absent."""
     ds = spec.dataset
-    if ds.kind == "digits":
+    if ds.kind in EMBEDDED_DATASETS:
         return None
     if ds.kind == "synthetic":
         root = _confined(Path(ds.root), storage_path) if ds.root else storage_path / "datasets" / (

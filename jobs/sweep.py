@@ -282,7 +282,7 @@ def _export_packed(client, run_id: str, model, cfg: dict, input_shape: tuple) ->
 def _input_size(spec: ExperimentSpec, trial: TrialSpec) -> int:
     from sibnn.models import model_info
 
-    small = {"digits": 8, "mnist": 28, "cifar10": 32}
+    small = {"digits": 8, "mnist": 28, "mnist5k": 28, "cifar10": 32}
     return small.get(spec.dataset.kind) or spec.dataset.image_size or model_info(trial.arch).input_size
 
 

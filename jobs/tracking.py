@@ -1,8 +1,8 @@
 """MLflow layout shared by the jobs (which write it) and the service (which reads it).
 
 One MLflow experiment per service experiment, named ``sibnn-<experiment id>``; in it one parent run for the sweep
-(tag ``sibnn.role = parent``) and one child run per trial (``sibnn.role = trial``, ``sibnn.trial_id``,
-``mlflow.parentRunId``). Every run is found by its tags before one is created, so a restarted driver or a
+(tag ``sibnn.role = parent``) and one run per trial (``sibnn.role = trial``, ``sibnn.trial_id``,
+``sibnn.parent_run_id``). Every run is found by its tags before one is created, so a restarted driver or a
 resubmitted job resumes the same runs and never duplicates them.
 """
 from __future__ import annotations
@@ -25,7 +25,13 @@ TAG_CHECKPOINT_ARTIFACT = "sibnn.artifact.checkpoint"  # artifact path of the be
 TAG_PACKED_ARTIFACT = "sibnn.artifact.packed"  # artifact path of the bit-packed model file (Si-BNN trials)
 TAG_MODEL_URI = "sibnn.model_uri"  # the MLflow model (mlflow.pytorch) of the best trial per (arch, binarizer)
 TAG_STATE = "sibnn.trial_state"  # PENDING | RUNNING | FINISHED | FAILED | KILLED, mirrored from the run status
-PARENT_TAG = "mlflow.parentRunId"
+# The trial runs point at the sweep's run with our own tag, not ``mlflow.parentRunId``: MLflow 3's UI folds child
+# runs under a collapsed parent, so a user opening the experiment saw one run and an empty chart view.
+PARENT_TAG = "sibnn.parent_run_id"
+# MLflow 3's UI opens an experiment in its GenAI view (traces) unless the experiment says it is model training.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"  # the description the UI shows for an experiment or a run
 
 # Per-epoch metrics of a trial run (step = epoch); per-layer sparsity is logged as "sparsity/<layer>".
 EPOCH_METRICS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "sparsity_mean",
@@ -50,16 +56,29 @@ def client(uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
-def ensure_experiment(c: MlflowClient, experiment_id: str) -> str:
-    """The MLflow experiment id for a service experiment, created on first use."""
+def experiment_tags(experiment_id: str, spec: ExperimentSpec | None = None) -> dict[str, str]:
+    """What an MLflow experiment says about itself: the service id, that it is model training (so the UI opens
+    the runs, not the GenAI overview) and, given the spec, its name and description as the description."""
+    tags = {TAG_EXPERIMENT: experiment_id, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+    if spec is not None:
+        tags[TAG_NOTE] = f"{spec.name}\n\n{spec.description}".strip()
+    return tags
+
+
+def ensure_experiment(c: MlflowClient, experiment_id: str, spec: ExperimentSpec | None = None) -> str:
+    """The MLflow experiment id for a service experiment, created on first use; its tags (kind, description)
+    are filled in when missing."""
     name = experiment_name(experiment_id)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        for k, v in experiment_tags(experiment_id, spec).items():
+            if k not in exp.tags:
+                c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     try:
-        return c.create_experiment(name, tags={TAG_EXPERIMENT: experiment_id})
+        return c.create_experiment(name, tags=experiment_tags(experiment_id, spec))
     except Exception:  # noqa: BLE001 - created concurrently by the service or another driver: use theirs
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -73,29 +92,41 @@ def _find_runs(c: MlflowClient, mlflow_exp_id: str, filter_string: str):
 
 
 def ensure_parent_run(c: MlflowClient, experiment_id: str, spec: ExperimentSpec) -> str:
-    mlflow_exp_id = ensure_experiment(c, experiment_id)
+    mlflow_exp_id = ensure_experiment(c, experiment_id, spec)
     runs = _find_runs(c, mlflow_exp_id, f"tags.`{TAG_ROLE}` = 'parent'")
     if runs:
         return runs[0].info.run_id
     run = c.create_run(mlflow_exp_id, run_name=spec.name,
                        tags={TAG_EXPERIMENT: experiment_id, TAG_ROLE: "parent",
-                             TAG_SPEC_FINGERPRINT: spec.fingerprint(), "mlflow.note.content": spec.description})
+                             TAG_SPEC_FINGERPRINT: spec.fingerprint(), TAG_NOTE: spec.description})
     c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in _flatten_spec(spec).items()])
     return run.info.run_id
 
 
 def ensure_trial_run(c: MlflowClient, experiment_id: str, parent_run_id: str, spec: ExperimentSpec,
                      trial: TrialSpec) -> str:
-    mlflow_exp_id = ensure_experiment(c, experiment_id)
+    mlflow_exp_id = ensure_experiment(c, experiment_id, spec)
     runs = _find_runs(c, mlflow_exp_id, f"tags.`{TAG_TRIAL}` = '{trial.trial_id}'")
     if runs:
         return runs[0].info.run_id
-    run = c.create_run(mlflow_exp_id, run_name=trial.trial_id,
+    run = c.create_run(mlflow_exp_id, run_name=run_name(trial),
                        tags={TAG_EXPERIMENT: experiment_id, TAG_ROLE: "trial", TAG_TRIAL: trial.trial_id,
                              PARENT_TAG: parent_run_id, TAG_STATE: "PENDING"})
     params = {**trial.params(), **{k: v for k, v in _flatten_spec(spec).items() if not k.startswith("grid.")}}
     c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
+
+
+BINARIZER_LABELS = {"sibnn": "Si-BNN", "sibnn_layer": "Si-BNN (per-layer)", "sign": "sign-BNN", "fp": "FP"}
+
+
+def run_name(trial: TrialSpec) -> str:
+    """A trial run's name as the MLflow UI lists it and its charts' legends show it: ``Si-BNN ρ=0.3 · seed 0 ·
+    mlp_small`` (the machine id stays in the ``sibnn.trial_id`` tag)."""
+    what = BINARIZER_LABELS.get(trial.binarizer, trial.binarizer)
+    if trial.rho is not None:
+        what += f" ρ={trial.rho:g}"
+    return f"{what} · seed {trial.seed} · {trial.arch}"
 
 
 def _flatten_spec(spec: ExperimentSpec) -> dict:

@@ -1,7 +1,7 @@
 """The ``sibnn`` command: bring the embedded stack up, submit and watch experiments, print the tables.
 
     sibnn up                      # Ray head (token auth) + MLflow (SQLite) + API as child processes; Ctrl-C stops
-    sibnn demo                    # up + the digits preset + live progress + results table + MLflow UI address
+    sibnn demo                    # up + the mnist5k preset + progress + results and claims tables + MLflow UI link
     sibnn submit spec.json --wait # or: sibnn submit --preset digits --wait
     sibnn status [ID] · sibnn results ID · sibnn logs ID [-f] · sibnn cancel ID · sibnn table paper-comparison
 """
@@ -171,36 +171,84 @@ def submit(spec_file: Optional[Path] = typer.Argument(None, help="spec JSON file
         raise typer.Exit(0 if final == "SUCCEEDED" else 1)
 
 
-def watch(api: Api, exp_id: str, poll_s: float = 2.0) -> str:
-    """Live progress: one bar per trial (epochs done), the experiment's status in the header."""
-    progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(),
-                        TextColumn("{task.fields[state]:<9} top-1 {task.fields[top1]}"), TimeElapsedColumn(),
-                        console=console)
-    bars: dict[str, int] = {}
-    with Live(progress, console=console, refresh_per_second=4):
-        while True:
-            try:
-                exp = api.get(exp_id)
-            except ApiError as e:
-                progress.console.print(f"[yellow]{e}; retrying[/yellow]")
-                time.sleep(poll_s)
-                continue
-            for t in exp.get("trials") or []:
-                if t["trial_id"] not in bars:
-                    bars[t["trial_id"]] = progress.add_task(t["trial_id"], total=t["epochs"], state="", top1="–")
-                top1 = t["metrics"].get("val_top1")
-                style = STATE_STYLE.get(t["state"], "white")
-                progress.update(bars[t["trial_id"]], completed=t["epoch"], state=f"[{style}]{t['state']}[/{style}]",
-                                top1=f"{top1:.1f}" if top1 is not None else "–")
-            if exp["status"] in TERMINAL:
-                break
+TRIAL_DONE = ("FINISHED", "FAILED", "KILLED")
+
+
+def trial_events(seen: dict[str, tuple], trials: list[dict]) -> list[str]:
+    """Progress as log lines: what changed in each trial since the last poll — started, epoch k/N with top-1,
+    finished (with its state). ``seen`` (trial id → (state, epoch)) is updated in place. An epoch that starts and
+    ends between two polls shows as the later one."""
+    lines = []
+    for t in trials:
+        tid, state, epoch = t["trial_id"], t["state"], t["epoch"]
+        old_state, old_epoch = seen.get(tid, ("PENDING", 0))
+        top1 = t["metrics"].get("val_top1")
+        if old_state == "PENDING" and state != "PENDING":
+            lines.append(f"{tid}: started")
+        if epoch > old_epoch:
+            lines.append(f"{tid}: epoch {epoch}/{t['epochs']} top-1 {_fmt(top1)}")
+        if state in TRIAL_DONE and old_state not in TRIAL_DONE:
+            lines.append(f"{tid}: {state.lower()}" + (f", top-1 {_fmt(top1)}" if top1 is not None else ""))
+        seen[tid] = (state, epoch)
+    return lines
+
+
+def _poll(api: Api, exp_id: str, poll_s: float, on_update) -> dict:
+    """Poll the experiment until it ends, calling ``on_update(exp)`` after every successful poll."""
+    while True:
+        try:
+            exp = api.get(exp_id)
+        except ApiError as e:
+            console.print(f"[yellow]{e}; retrying[/yellow]")
             time.sleep(poll_s)
-    if not console.is_terminal:
-        console.line()
+            continue
+        on_update(exp)
+        if exp["status"] in TERMINAL:
+            return exp
+        time.sleep(poll_s)
+
+
+def watch(api: Api, exp_id: str, poll_s: float = 2.0) -> str:
+    """Progress: on a terminal one live bar per trial (epochs done); otherwise (a pipe, a log file) one line per
+    trial event — started, epoch k/N with top-1, finished."""
+    if console.is_terminal:
+        exp = _watch_bars(api, exp_id, poll_s)
+    else:
+        seen: dict[str, tuple] = {}
+        last = {"status": None}
+
+        def log(exp):
+            if exp["status"] != last["status"] and exp["status"] not in TERMINAL:  # the end is printed below
+                console.print(f"experiment {exp_id}: {exp['status']}", highlight=False)
+                last["status"] = exp["status"]
+            for line in trial_events(seen, exp.get("trials") or []):
+                console.print(line, highlight=False)
+            sys.stdout.flush()
+
+        exp = _poll(api, exp_id, poll_s, log)
     style = STATE_STYLE.get(exp["status"], "white")
     console.print(f"experiment {exp_id}: [{style}]{exp['status']}[/{style}]" +
                   (f" — {exp['reason']}" if exp.get("reason") else ""))
     return exp["status"]
+
+
+def _watch_bars(api: Api, exp_id: str, poll_s: float) -> dict:
+    progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(),
+                        TextColumn("{task.fields[state]:<9} top-1 {task.fields[top1]}"), TimeElapsedColumn(),
+                        console=console)
+    bars: dict[str, int] = {}
+
+    def update(exp):
+        for t in exp.get("trials") or []:
+            if t["trial_id"] not in bars:
+                bars[t["trial_id"]] = progress.add_task(t["trial_id"], total=t["epochs"], state="", top1="–")
+            top1 = t["metrics"].get("val_top1")
+            style = STATE_STYLE.get(t["state"], "white")
+            progress.update(bars[t["trial_id"]], completed=t["epoch"], state=f"[{style}]{t['state']}[/{style}]",
+                            top1=f"{top1:.1f}" if top1 is not None else "–")
+
+    with Live(progress, console=console, refresh_per_second=4):
+        return _poll(api, exp_id, poll_s, update)
 
 
 def _fmt(v, f=".2f"):
@@ -330,10 +378,20 @@ def _print_table(data: dict) -> None:
             cells.append(_fmt(r.get("paper_top1"), ".1f"))
         t.add_row(*cells)
     console.print(t)
-    for c in data.get("claims", []):
-        mark = "[green]holds[/green]" if c["holds"] else "[yellow]does not hold[/yellow]"
+    if data.get("claims"):
+        _print_claims(data["claims"], f"the paper's claims, from the {data['table']} table")
+
+
+def _print_claims(claims: list[dict], title: str) -> None:
+    """One row per claim: where it was checked, the numbers it rests on, and whether it holds."""
+    t = Table(title=title)
+    for col in ("claim", "dataset / arch", "ρ", "evidence", "verdict"):
+        t.add_column(col)
+    for c in claims:
         rho = c["rho"] if "rho" in c else c.get("best_intermediate_rho")
-        console.print(f"  {c['dataset']}/{c['arch']}: {c['claim']} (ρ={_fmt(rho, 'g')}): {mark}")
+        t.add_row(c["claim"], f"{c['dataset']} / {c['arch']}", _fmt(rho, "g"), c.get("evidence", ""),
+                  "[green]holds[/green]" if c["holds"] else "[yellow]does not hold[/yellow]")
+    console.print(t)
 
 
 @app.command()
@@ -347,14 +405,20 @@ def table(name: str = typer.Argument("paper-comparison", help="paper-comparison 
 
 @app.command()
 def demo(port: int = typer.Option(8000, help="API port"),
-         epochs: Optional[int] = typer.Option(None, help="override the preset's epochs (8)"),
-         quick: bool = typer.Option(False, help="a 2-trial, 2-epoch sweep instead of the full digits preset"),
+         preset: str = typer.Option("mnist5k", help="the preset to run (mnist5k: real MNIST digits; digits: 8×8)"),
+         epochs: Optional[int] = typer.Option(None, help="override the preset's epochs"),
+         quick: bool = typer.Option(False, help="a 2-trial, 2-epoch sweep instead of the full preset"),
          keep_up: bool = typer.Option(False, "--keep-up", help="leave the stack running until Ctrl-C"),
          state: Path = typer.Option(None, "--home", envvar="SIBNN_HOME", help="state folder (default ~/.sibnn)")):
-    """Bring the stack up, run the digits preset (Si-BNN at several ρ vs sign vs FP, two seeds), show progress,
-    print the results table and the MLflow UI address."""
+    """Bring the stack up, run the mnist5k preset (Si-BNN at ρ 0, 0.3, 1 vs sign-BNN vs FP on real MNIST digits,
+    two seeds), show progress, print the results, the paper's claims with holds / does not hold, and the MLflow UI
+    link."""
     from jobs.presets import PRESETS
 
+    if preset not in PRESETS:
+        _fail(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    if "root" in PRESETS[preset]["dataset"]:
+        _fail(f"preset {preset!r} needs a dataset folder; `sibnn demo` runs the embedded presets (mnist5k, digits)")
     state = (state or home()).expanduser().resolve()
     try:
         stack, info = _start_stack(state, port, None, "127.0.0.1", None)
@@ -363,7 +427,7 @@ def demo(port: int = typer.Option(8000, help="API port"),
     code = 1
     try:
         api = Api(info.api_url, info.api_token)
-        spec = json.loads(json.dumps(PRESETS["digits"]))
+        spec = json.loads(json.dumps(PRESETS[preset]))
         if quick:
             spec["grid"].update(binarizer=["sibnn", "sign"], rho=[0.3], seed=[0])
             spec["recipe"]["epochs"] = 2
@@ -373,12 +437,15 @@ def demo(port: int = typer.Option(8000, help="API port"),
         console.print(f"submitted [bold]{exp['id']}[/bold]: {spec['name']} ({exp['n_trials']} trials, "
                       f"{spec['recipe']['epochs']} epochs)")
         final = watch(api, exp["id"])
+        exp = api.get(exp["id"])
         _print_results(api, exp["id"])
         _print_table(api.table("paper-comparison", [exp["id"]]))
         if len(spec["grid"]["rho"]) > 1:
             _print_table(api.table("rho-ablation", [exp["id"]]))
-        console.print(f"MLflow UI: [bold]{info.mlflow_url}[/bold]"
-                      + (f"  (this experiment: {exp['mlflow_url']})" if exp.get("mlflow_url") else ""))
+        from service.results import ui_link
+
+        console.print(f"MLflow UI: [bold]{exp.get('mlflow_url') or ui_link(info.mlflow_url)}[/bold]  (this "
+                      f"experiment's runs and their val_top1 charts; all experiments: {ui_link(info.mlflow_url)})")
         code = 0 if final == "SUCCEEDED" else 1
         if keep_up:
             console.print("[dim]the stack stays up; Ctrl-C stops it.[/dim]")

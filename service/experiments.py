@@ -256,7 +256,7 @@ def submit_attempt(ctx: Context, exp_id: str) -> None:
     with ctx.sessions() as s:
         exp = s.get(Experiment, exp_id)
         spec, attempt, sid = parse_spec(exp.spec_json), exp.attempt, exp.submission_id
-    mlflow_exp = ctx.mlflow_call(tracking.ensure_experiment, exp_id)
+    mlflow_exp = ctx.mlflow_call(tracking.ensure_experiment, exp_id, spec)
     parent = ctx.mlflow_call(tracking.ensure_parent_run, exp_id, spec)
     ctx.ray.submit(spec, exp_id, sid)
     with ctx.sessions() as s:

@@ -1,7 +1,7 @@
 """Train one model in one process: ``python -m sibnn.train --dataset digits --binarizer sibnn --rho 0.3 --epochs 30``.
 
 Prints per-epoch metrics and a final line with test top-1 and sparsity. ``--arch`` defaults to the dataset's usual
-model (digits → digits_cnn, mnist → mlp, cifar10 → vgg_small, imagenet → resnet18).
+model (digits → digits_cnn, mnist5k → mlp_small, mnist → mlp, cifar10 → vgg_small, imagenet → resnet18).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from sibnn.quant import BINARIZERS, WEIGHT_GRADS
 from sibnn.recipe import RECIPES, build_optimizer, build_scheduler, get_recipe
 from sibnn.summary import summarize
 
-DEFAULT_ARCH = {"digits": "digits_cnn", "mnist": "mlp", "cifar10": "vgg_small", "imagenet": "resnet18"}
-DEFAULT_BATCH = {"digits": 64, "mnist": 100, "cifar10": 100, "imagenet": 256}
+DEFAULT_ARCH = {"digits": "digits_cnn", "mnist5k": "mlp_small", "mnist": "mlp", "cifar10": "vgg_small", "imagenet": "resnet18"}
+DEFAULT_BATCH = {"digits": 64, "mnist5k": 100, "mnist": 100, "cifar10": 100, "imagenet": 256}
 
 
 def build_loaders(dataset: str, data_root, batch_size: int, *, arch: str, device: torch.device, seed: int,
@@ -51,7 +51,7 @@ def build_loaders(dataset: str, data_root, batch_size: int, *, arch: str, device
 def model_kwargs(arch: str, input_shape: tuple) -> dict:
     """Fit the architecture's input to the dataset's (channels; pixel count for the MLP)."""
     kw = {"in_channels": input_shape[0]}
-    if arch == "mlp":
+    if arch.startswith("mlp"):
         kw["input_size"] = input_shape[1]
     return kw
 
@@ -59,7 +59,7 @@ def model_kwargs(arch: str, input_shape: tuple) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m sibnn.train", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits", choices=sorted(DEFAULT_ARCH))
-    p.add_argument("--data-root", default=None, help="folder with the dataset's standard files (not for digits)")
+    p.add_argument("--data-root", default=None, help="folder with the dataset's standard files (not for digits, mnist5k)")
     p.add_argument("--format", default="folder", choices=["folder", "webdataset"], help="ImageNet storage format")
     p.add_argument("--policy", default="paper", choices=["paper", "rrc"], help="ImageNet augmentation policy")
     p.add_argument("--image-size", type=int, default=None, help="ImageNet crop size (default: the arch's, 224/227)")

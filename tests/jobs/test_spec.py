@@ -62,7 +62,7 @@ def test_spec_parses_from_json_text_and_fingerprint_is_content_based():
 
 def test_every_preset_validates_and_digits_compares_rho_sign_and_fp():
     for name in PRESETS:
-        spec = preset(name, root=None if name == "digits" else "/data/x")
+        spec = preset(name, root=None if name in ("digits", "mnist5k") else "/data/x")
         assert spec.trials()
     digits = preset("digits")
     kinds = {(t.binarizer, t.rho) for t in digits.trials()}
@@ -105,3 +105,13 @@ def test_synthetic_requests_are_bounded():
     big = {"kind": "synthetic", "synthetic_classes": 1000, "synthetic_per_class": 10_000}
     assert "20000" in _errors({**BASE, "grid": {**BASE["grid"], "arch": ["resnet18"]},
                               "dataset": big})["dataset.synthetic_per_class"]
+
+
+def test_mnist5k_demo_preset_compares_three_rhos_sign_and_fp_over_two_seeds_with_no_root():
+    spec = preset("mnist5k")
+    assert spec.dataset.kind == "mnist5k" and spec.dataset.root is None
+    kinds = {(t.binarizer, t.rho) for t in spec.trials()}
+    assert kinds == {("sibnn", 0.0), ("sibnn", 0.3), ("sibnn", 1.0), ("sign", None), ("fp", None)}
+    assert len(spec.grid.seed) >= 2 and len(spec.trials()) == 5 * len(spec.grid.seed)
+    with pytest.raises(SpecError, match="dataset.root"):
+        parse_spec({**BASE, "dataset": {"kind": "mnist5k", "root": "/x"}})
