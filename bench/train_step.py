@@ -2,6 +2,10 @@
 
     python bench/train_step.py                                  # CPU, 64 px, batch 16
     python bench/train_step.py --device cuda --size 224 --batch 256 --amp --channels-last [--compile]
+    python bench/train_step.py --binarizers fp,sibnn,sibnn-ref [--compile]   # fused binarizer vs the reference
+
+``sibnn`` is the default Si-BNN layer (the fused binarizer, ``sibnn.fused``); ``sibnn-ref`` the same model with the
+reference binarizer (``SiBinarize.fused = False``: the detach trick of ``sibnn.quant.si_binarize``).
 
 A step is forward + backward + Adam step + latent-weight clamp, on synthetic tensors (no data loading), timed after
 warm-up with the device synchronised. Prints a markdown table.
@@ -17,12 +21,17 @@ import torch.nn.functional as F
 
 from sibnn.layers import clamp_latent_weights_
 from sibnn.models import create_model
+from sibnn.quant import SiBinarize
 from sibnn.recipe import build_optimizer, get_recipe
 
 
 def make_step(arch, binarizer, args, device):
     torch.manual_seed(0)
-    model = create_model(arch, binarizer, num_classes=1000).to(device)
+    model = create_model(arch, binarizer.removesuffix("-ref"), num_classes=1000).to(device)
+    if binarizer.endswith("-ref"):
+        for m in model.modules():
+            if isinstance(m, SiBinarize):
+                m.fused = False
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, get_recipe("aaai"))
