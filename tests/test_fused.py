@@ -18,6 +18,7 @@ from sibnn.fused import HAVE_TRITON, _use_triton, si_binarize_fused
 from sibnn.quant import SiBinarize, si_binarize
 
 RHO = 0.25
+DEVICE = torch.device(os.environ.get("SIBNN_FUSED_DEVICE", "cpu"))   # bench/gpu_e2e.sh sets cuda
 CASES = [((6, 12), "2d"), ((3, 8, 5, 6), "nchw"), ((3, 8, 5, 6), "cl")]
 
 
@@ -48,7 +49,7 @@ def inputs(shape, layout, dtype, per_layer, seed=0):
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
     grad = torch.randn(shape, generator=g).to(dtype)
-    return x, theta, scale, grad
+    return x.to(DEVICE), theta.to(DEVICE), scale.to(DEVICE), grad.to(DEVICE)
 
 
 def run(fn, x, theta, scale, grad):
@@ -65,6 +66,7 @@ def run(fn, x, theta, scale, grad):
 def test_fused_matches_the_float32_reference(shape, layout, per_layer, dtype):
     x, theta, scale, grad = inputs(shape, layout, dtype, per_layer)
     assert _use_triton(x) == (os.environ.get("SIBNN_EXPECT_TRITON") == "1")   # the path under test
+    assert x.device.type == DEVICE.type
     b, gx, gth, gs = run(si_binarize_fused, x, theta, scale, grad)
     rb, rgx, rgth, rgs = run(reference, x, theta, scale, grad)
     assert b.dtype == dtype and torch.equal(b.float(), rb)                     # bit for bit, edges included
