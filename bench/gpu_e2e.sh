@@ -73,7 +73,7 @@ tail -5 "$OUT/jobs_run.txt"
 step mlflow $PY bench/e2e.py images-per-s --mlflow-uri "$URI" --experiment-id e2e > "$OUT/e2e.txt" 2>&1; cat "$OUT/e2e.txt"
 
 log "2. train_step ceiling"
-step train_step timeout 200 $PY bench/train_step.py $STEP_ARGS --binarizers fp,sibnn,sibnn-ref \
+step train_step timeout 200 $PY bench/train_step.py $STEP_ARGS --binarizers fp,sibnn,sibnn-fused,sibnn-ref \
   > "$OUT/train_step.txt" 2>&1; cat "$OUT/train_step.txt"
 
 log "3. DALI alone"

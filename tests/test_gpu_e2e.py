@@ -28,7 +28,7 @@ def test_gpu_e2e_dry_run_does_every_step(tmp_path):
     assert m and len(m.group(1).split(",")) == 3 and "FINISHED" in e2e, e2e
     # 2. the train-step table has the fused and the reference binarizer next to FP
     steps = (tmp_path / "train_step.txt").read_text()
-    assert all(f"| {b} |" in steps for b in ("fp", "sibnn", "sibnn-ref")), steps
+    assert all(f"| {b} |" in steps for b in ("fp", "sibnn", "sibnn-fused", "sibnn-ref")), steps
     # 3. DALI alone, and epochs 2..E against one long epoch
     data = (tmp_path / "data.txt").read_text()
     assert "| rrc |" in data and "one long epoch" in data, data
