@@ -45,18 +45,21 @@ $PY -c "import torch, ray, mlflow, nvidia.dali as d, pydantic; print('torch', to
 'mlflow', mlflow.__version__, 'dali', d.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$OUT/gpu.txt"
 
 # -- a local Ray head with the GPU (dry: one fake GPU); stopped by its process id at exit
-PORT=$($PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-setsid $PY -m ray.scripts.scripts start --head --block --port="$PORT" --node-ip-address=127.0.0.1 \
+# (Ray's drivers connect through the node's address, not 127.0.0.1: the head takes the address Ray picks)
+NODE_IP=$($PY -c "from ray.util import get_node_ip_address as ip; print(ip())")
+PORT=$($PY -c "import socket; s=socket.socket(); s.bind(('$NODE_IP', 0)); print(s.getsockname()[1])")
+setsid $PY -m ray.scripts.scripts start --head --block --port="$PORT" --node-ip-address="$NODE_IP" \
   --num-cpus=$HEAD_CPUS --num-gpus=1 --include-dashboard=false --disable-usage-stats --temp-dir="$WORK/ray" \
   > "$WORK/ray.log" 2>&1 &
 RAYPID=$!
 cleanup() { kill -TERM -- -$RAYPID 2>/dev/null; wait $RAYPID 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
-export RAY_ADDRESS=127.0.0.1:$PORT
-for _ in $(seq 60); do
+export RAY_ADDRESS=$NODE_IP:$PORT
+for i in $(seq 30); do
   $PY -c "import ray; ray.init(logging_level='ERROR'); assert ray.cluster_resources().get('GPU') == 1" \
-    2>/dev/null && break
-  sleep 1
+    2>>"$WORK/ray_wait.log" && break
+  [ $i = 30 ] && { echo "the Ray head did not come up:"; tail -5 "$WORK/ray.log" "$WORK/ray_wait.log"; exit 4; }
+  sleep 2
 done
 
 log "data: $CLASSES classes x $PER_CLASS images"
