@@ -56,7 +56,7 @@ cleanup() { kill -TERM -- -$RAYPID 2>/dev/null; wait $RAYPID 2>/dev/null; rm -rf
 trap cleanup EXIT
 export RAY_ADDRESS=$NODE_IP:$PORT
 for i in $(seq 30); do
-  $PY -c "import ray; ray.init(logging_level='ERROR'); assert ray.cluster_resources().get('GPU') == 1" \
+  timeout 30 $PY -c "import ray; ray.init(logging_level='ERROR'); assert ray.cluster_resources().get('GPU') == 1" \
     2>>"$WORK/ray_wait.log" && break
   [ $i = 30 ] && { echo "the Ray head did not come up:"; tail -5 "$WORK/ray.log" "$WORK/ray_wait.log"; exit 4; }
   sleep 2
