@@ -47,18 +47,23 @@ $PY -c "import torch, ray, mlflow, nvidia.dali as d, pydantic; print('torch', to
 # -- a local Ray head with the GPU (dry: one fake GPU); stopped by its process id at exit
 # (Ray's drivers connect through the node's address, not 127.0.0.1: the head takes the address Ray picks)
 NODE_IP=$($PY -c "from ray.util import get_node_ip_address as ip; print(ip())")
-PORT=$($PY -c "import socket; s=socket.socket(); s.bind(('$NODE_IP', 0)); print(s.getsockname()[1])")
+read -r PORT P1 P2 P3 P4 P5 < <($PY -c "
+import socket; ss = [socket.socket() for _ in range(6)]; [s.bind(('$NODE_IP', 0)) for s in ss]
+print(*[s.getsockname()[1] for s in ss])")
+# token authentication on, as every Ray of the project: the head and every driver here inherit the token
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$($PY -c "import secrets; print(secrets.token_hex(32))")
 setsid $PY -m ray.scripts.scripts start --head --block --port="$PORT" --node-ip-address="$NODE_IP" \
   --num-cpus=$HEAD_CPUS --num-gpus=1 --include-dashboard=false --disable-usage-stats --temp-dir="$WORK/ray" \
-  > "$WORK/ray.log" 2>&1 &
+  --ray-client-server-port=$P1 --dashboard-agent-listen-port=$P2 --dashboard-agent-grpc-port=$P3 \
+  --metrics-export-port=$P4 --runtime-env-agent-port=$P5 > "$WORK/ray.log" 2>&1 &
 RAYPID=$!
 cleanup() { kill -TERM -- -$RAYPID 2>/dev/null; wait $RAYPID 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 export RAY_ADDRESS=$NODE_IP:$PORT
-for i in $(seq 30); do
+for i in $(seq 20); do
   timeout 30 $PY -c "import ray; ray.init(logging_level='ERROR'); assert ray.cluster_resources().get('GPU') == 1" \
     2>>"$WORK/ray_wait.log" && break
-  [ $i = 30 ] && { echo "the Ray head did not come up:"; tail -5 "$WORK/ray.log" "$WORK/ray_wait.log"; exit 4; }
+  [ $i = 20 ] && { echo "the Ray head did not come up:"; tail -5 "$WORK/ray.log" "$WORK/ray_wait.log"; exit 4; }
   sleep 2
 done
 
