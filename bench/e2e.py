@@ -80,17 +80,17 @@ def images_per_s(uri: str, experiment_id: str) -> int:
     return 0
 
 
-def watch_gpus(address: str, out: Path, seconds: float) -> None:
+def watch_gpus(address: str, out: Path, seconds: float, resource: str = "GPU") -> None:
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    total = ray.cluster_resources().get("GPU", 0.0)
+    total = ray.cluster_resources().get(resource, 0.0)
     peak, t0 = 0.0, time.time()
     while time.time() - t0 < seconds:
-        used = total - ray.available_resources().get("GPU", 0.0)
+        used = total - ray.available_resources().get(resource, 0.0)
         if used > peak:
             peak = used
-            out.write_text(f"GPU in use at once: {peak:g} of {total:g}\n")
+            out.write_text(f"{resource} in use at once: {peak:g} of {total:g}\n")
         time.sleep(0.2)
 
 
@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     w.add_argument("--address", required=True)
     w.add_argument("--out", type=Path, required=True)
     w.add_argument("--seconds", type=float, required=True)
+    w.add_argument("--resource", default="GPU")
     a = p.parse_args(argv)
     if a.cmd == "data":
         write_data(a.out, a.classes, a.per_class, a.val_per_class, max(a.unique, a.classes))
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     elif a.cmd == "images-per-s":
         return images_per_s(a.mlflow_uri, a.experiment_id)
     else:
-        watch_gpus(a.address, a.out, a.seconds)
+        watch_gpus(a.address, a.out, a.seconds, a.resource)
     return 0
 
 

@@ -24,15 +24,17 @@ rc=0
 step() { local name=$1; shift; "$@" || { echo "step $name failed (exit $?)" | tee -a "$OUT/steps.txt"; rc=1; }; }
 
 if [ $DRY = 1 ]; then
-  CLASSES=4 PER_CLASS=16 VAL=4 EPOCHS=3 BATCH=8 SIZE=64 CPUS=1 HEAD_CPUS=8 T_RUN=400
+  CLASSES=4 PER_CLASS=16 VAL=4 EPOCHS=3 BATCH=8 SIZE=64 CPUS=1 HEAD_CPUS=5 T_RUN=400
   STEP_ARGS="--device cpu --size 32 --batch 4 --steps 1 --rounds 1 --warmup 1"
   DATA_ARGS="--device cpu --seconds 2 --threads 2"; EPOCH_ARGS="--device cpu --images 64 --epochs 3 --threads 2"
-  PACK_EPOCHS=2
+  PACK_EPOCHS=2 GPUS=0 PACK_GPUS=0 RES=CPU
+  # Ray Train puts GPU workers on NCCL, which CPU torch lacks: dry mode trains on CPU workers and checks the
+  # packing on CPUs (4 trials x 1 CPU + their drivers on a head of 5 CPUs)
 else
   CLASSES=100 PER_CLASS=656 VAL=10 EPOCHS=3 BATCH=256 SIZE=224 CPUS=12 HEAD_CPUS=16 T_RUN=330
   STEP_ARGS="--device cuda --size 224 --batch 256 --amp --channels-last --compile --steps 5 --rounds 2"
   DATA_ARGS="--device gpu --seconds 15"; EPOCH_ARGS="--device gpu --images 8192 --epochs 4"
-  PACK_EPOCHS=2
+  PACK_EPOCHS=2 GPUS=1 PACK_GPUS=0.25 RES=GPU
   log "install the carried wheels"
   ls /tmp/chunks/whl.tar.part* > /dev/null || { echo "no chunks in /tmp/chunks: run the stash calls first"; exit 3; }
   mkdir -p /tmp/whl && cat /tmp/chunks/whl.tar.part* | tar -x -C /tmp/whl || exit 3
@@ -72,7 +74,7 @@ step data $PY bench/e2e.py data "$WORK/data" --classes $CLASSES --per-class $PER
 mkdir -p "$WORK/bench" && ln -s "$WORK/data" "$WORK/bench/raw"
 
 log "1. jobs.run, one worker on the GPU"
-ARGS="--epochs $EPOCHS --batch $BATCH --image-size $SIZE --gpus 1 --cpus $CPUS --amp --compile"
+ARGS="--epochs $EPOCHS --batch $BATCH --image-size $SIZE --gpus $GPUS --cpus $CPUS --amp --compile"
 $PY bench/e2e.py spec --data "$WORK/data" $ARGS > "$OUT/spec_e2e.json"
 URI="sqlite:///$WORK/mlflow.db"
 step jobs.run timeout $T_RUN $PY -m jobs.run --spec "$OUT/spec_e2e.json" --experiment-id e2e \
@@ -89,9 +91,9 @@ step data.py timeout 60 $PY bench/data.py --data "$WORK/bench" --policies rrc $D
 step epochs timeout 120 $PY bench/data.py --epochs-check $EPOCH_ARGS >> "$OUT/data.txt" 2>&1; cat "$OUT/data.txt"
 
 log "4. four trials at 0.25 GPU"
-$PY bench/e2e.py spec --data "$WORK/data" --epochs $PACK_EPOCHS --batch 8 --image-size 32 --gpus 0.25 --cpus 1 \
+$PY bench/e2e.py spec --data "$WORK/data" --epochs $PACK_EPOCHS --batch 8 --image-size 32 --gpus $PACK_GPUS --cpus 1 \
   --seeds 4 > "$OUT/spec_pack.json"
-$PY bench/e2e.py watch-gpus --address "$RAY_ADDRESS" --out "$OUT/packing.txt" --seconds 170 &
+$PY bench/e2e.py watch-gpus --address "$RAY_ADDRESS" --out "$OUT/packing.txt" --seconds 170 --resource $RES &
 WATCH=$!
 step packing timeout 180 $PY -m jobs.run --spec "$OUT/spec_pack.json" --experiment-id pack \
   --storage-path "$WORK/storage" --mlflow-uri "$URI" > "$OUT/jobs_pack.txt" 2>&1
