@@ -2,13 +2,19 @@
 
     python bench/data.py [--data DIR] [--images N] [--batch-size B] [--threads T] [--seconds S]
                          [--policies rrc,paper] [--device cpu|gpu]
+    python bench/data.py --epochs-check [--images N] [--epochs E] [--device cpu|gpu]
+
 
 Both pipelines read the same JPEG files, use T threads (DALI) or T worker processes (DataLoader), and do the same
 work per image: decode, crop, resize to 224 (rrc), flip, normalise, batch. ``rrc`` reads ImageNet-sized images
 (~500×375), ``paper`` reads the same images pre-resized to short side 256 (METHOD.md §4). Without ``--data`` the
 script writes synthetic JPEGs under a temporary folder (a few hundred distinct images, copied to N files).
 ``--device gpu`` measures the DALI GPU pipeline alone (nvJPEG / hardware decoder). Throughput counts whole epochs
-after a short warm-up, so it includes the per-epoch pipeline restart.
+after a short warm-up, so it includes the step from one epoch to the next.
+
+``--epochs-check`` compares epochs 2..E of an N-image split with one epoch of an (E−1)·N-image split (same images,
+rrc, one loader each, the first epoch / first batches as warm-up): with one pipeline per run the two agree, a
+loader that restarts its pipeline every epoch pays the restart E−1 times.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ CLASSES = 16
 UNIQUE = 256   # distinct images; the rest are copies (decode cost does not depend on whether bytes repeat)
 
 
-def make_data(out: Path, images: int) -> Path:
+def make_data(out: Path, images: int, kinds=("raw", "prep")) -> Path:
     """``out/raw/train/<wnid>/*.JPEG`` (~500×375) and ``out/prep/train/...`` (short side 256), ``images`` each."""
     rng = np.random.default_rng(0)
     pool = []
@@ -45,6 +51,8 @@ def make_data(out: Path, images: int) -> Path:
         label = i % CLASSES
         raw, prep = pool[i % len(pool)]
         for kind, data in (("raw", raw), ("prep", prep)):
+            if kind not in kinds:
+                continue
             d = out / kind / "train" / wnid(label)
             d.mkdir(parents=True, exist_ok=True)
             (d / f"{wnid(label)}_{i}.JPEG").write_bytes(data)
@@ -114,6 +122,31 @@ def dali_batches(root: Path, policy: str, batch_size: int, threads: int, device:
         epoch += 1
 
 
+def epoch_check(data: Path, images: int, epochs: int, batch: int, threads: int, device: str) -> tuple[float, float]:
+    """img/s of epochs 2..E of ``images`` images, and of one epoch of (E−1)·images images (first 3 batches = warm-up)."""
+    short, long = data / "short", data / "long"
+    make_data(short, images, kinds=("raw",))
+    make_data(long, images * (epochs - 1), kinds=("raw",))
+
+    def rate(root: Path, first_epoch_is_warmup: bool) -> float:
+        ld = ImageNetLoader(root / "raw", "train", batch, device=device, policy="rrc", num_threads=threads)
+        n, t0 = 0, None
+        for epoch in range(epochs if first_epoch_is_warmup else 1):
+            ld.set_epoch(epoch)
+            for k, (x, _) in enumerate(ld):
+                if t0 is None and (epoch >= 1 or (not first_epoch_is_warmup and k >= 3)):
+                    if device == "gpu":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                if t0 is not None:
+                    n += x.shape[0]
+        if device == "gpu":
+            torch.cuda.synchronize()
+        return n / (time.perf_counter() - t0)
+
+    return rate(short, True), rate(long, False)
+
+
 def measure(batches, seconds: float, warmup: int = 3) -> float:
     for _ in range(warmup):
         next(batches)
@@ -134,7 +167,19 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", type=float, default=15.0, help="measured time per row")
     p.add_argument("--policies", default="rrc,paper")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--epochs-check", action="store_true", help="epochs 2..E against one long epoch (see above)")
+    p.add_argument("--epochs", type=int, default=7, help="--epochs-check: E")
     a = p.parse_args(argv)
+    if a.epochs_check:
+        images = a.images or 256
+        batch = a.batch_size or 32
+        with tempfile.TemporaryDirectory(prefix="sibnn-bench-epochs-") as tmp:
+            many, one = epoch_check(Path(tmp), images, a.epochs, batch, a.threads, a.device)
+        print(f"device={a.device} threads={a.threads} batch={batch} rrc, {images} images x epochs 2..{a.epochs} "
+              f"vs one epoch of {images * (a.epochs - 1)} images")
+        print("\n| epochs 2..E img/s | one long epoch img/s | ratio |\n|---|---|---|")
+        print(f"| {many:.0f} | {one:.0f} | {many / one:.3f} |")
+        return
     gpu = a.device == "gpu"
     images = a.images or (16384 if gpu else 2048)
     batch = a.batch_size or (256 if gpu else 64)

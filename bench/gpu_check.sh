@@ -3,7 +3,7 @@
 #   bench/gpu_check.sh model   # model-side step time on synthetic tensors (no DALI needed)
 #   bench/gpu_check.sh data    # install the carried DALI wheels, then the DALI GPU pipeline, the gpu tests and an
 #                              # end-to-end GPU training epoch on synthetic JPEGs
-#   bench/gpu_check.sh stash   # copy the carried chunk(s) to /tmp/chunks (run once per chunk, carry=[".gpuN"])
+#   bench/gpu_check.sh stash   # check and copy the carried chunk(s) to /tmp/chunks (once per chunk, carry=[".gpuN"])
 # The GPU machine has PyTorch (CUDA) but no DALI: its wheels travel as chunks .gpu1 … .gpu5 of .whl.tar (made by
 # bench/gpu_pack.sh), one per device call since a call carries at most 64 MiB. A carried folder does not stay in
 # the repo copy between calls, so each call stashes its chunk in /tmp/chunks (kept while the machine is warm:
@@ -17,7 +17,8 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 
 case "${1:-model}" in
 stash)
-  mkdir -p /tmp/chunks && cp .gpu*/whl.tar.part* /tmp/chunks/ && ls /tmp/chunks
+  for d in .gpu*/; do (cd "$d" && sha256sum -c SHA256SUMS) || exit 2; done
+  mkdir -p /tmp/chunks && cp .gpu*/whl.tar.part* /tmp/chunks/ && ls -la /tmp/chunks
   ;;
 model)
   for args in "" "--compile"; do

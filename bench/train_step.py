@@ -3,6 +3,11 @@
     python bench/train_step.py                                  # CPU, 64 px, batch 16
     python bench/train_step.py --device cuda --size 224 --batch 256 --amp --channels-last [--compile]
     python bench/train_step.py --binarizers fp,sibnn --weight-grad authors,ste   # cost of the authors' rule
+    python bench/train_step.py --binarizers fp,sibnn-fused,sibnn-ref [--compile]   # fused binarizer vs reference
+
+``sibnn`` is the Si-BNN layer as it comes (``SiBinarize.fused`` auto: the fused op on CUDA with Triton, the
+reference elsewhere); ``sibnn-fused`` forces the fused op (``sibnn.fused``), ``sibnn-ref`` the reference (the
+detach trick of ``sibnn.quant.si_binarize``).
 
 A step is forward + backward + Adam step + latent-weight clamp, on synthetic tensors (no data loading), timed after
 warm-up with the device synchronised. Prints a markdown table.
@@ -18,12 +23,20 @@ import torch.nn.functional as F
 
 from sibnn.layers import clamp_latent_weights_
 from sibnn.models import create_model
+from sibnn.quant import SiBinarize
 from sibnn.recipe import build_optimizer, get_recipe
 
 
 def make_step(arch, binarizer, args, device, weight_grad="authors"):
     torch.manual_seed(0)
-    model = create_model(arch, binarizer, num_classes=1000, weight_grad=weight_grad).to(device)
+    base, _, variant = binarizer.partition("-")
+    model = create_model(arch, base, num_classes=1000, weight_grad=weight_grad).to(device)
+    if variant:
+        if variant not in ("fused", "ref"):
+            raise SystemExit(f"unknown binarizer variant {binarizer!r}: use sibnn-fused or sibnn-ref")
+        for m in model.modules():
+            if isinstance(m, SiBinarize):
+                m.fused = variant == "fused"
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, get_recipe("aaai"))

@@ -91,8 +91,14 @@ def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
 class SiBinarize(nn.Module):
     """Si-BNN activation binarizer: {0, +1} output, trainable per-channel threshold θ and inverse window s = 1/Δ.
 
-    ``per_layer=True`` is the ablation with one θ and one s shared by the whole layer.
+    ``per_layer=True`` is the ablation with one θ and one s shared by the whole layer. ``fused=True`` computes the
+    same function as ``si_binarize`` in one fused autograd op (``sibnn.fused``: Triton on CUDA, a few torch ops on
+    CPU), bit-identical forward, gradients equal to float rounding; False runs the reference; None (default) the
+    fused op on CUDA when Triton is there, the reference elsewhere (on CPU the two measure the same, see
+    docs/benchmarks.md).
     """
+
+    fused: bool | None = None   # [choice] a faster kernel for the same rule; per instance or class-wide
 
     def __init__(self, channels: int, rho: float = 0.3, per_layer: bool = False):
         super().__init__()
@@ -108,6 +114,11 @@ class SiBinarize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.per_layer and x.shape[1] != self.channels:
             raise ValueError(f"SiBinarize({self.channels}) got {x.shape[1]} channels")
+        if self.fused or (self.fused is None and x.is_cuda):
+            from sibnn.fused import HAVE_TRITON, si_binarize_fused
+
+            if self.fused or HAVE_TRITON:
+                return si_binarize_fused(x, self.theta, self.scale, self.rho)
         return si_binarize(x, self.theta, self.scale, self.rho)
 
     @property

@@ -290,3 +290,44 @@ def test_gpu_mode_yields_cuda_tensors_whose_labels_match_the_pixels(data, fmt):
             assert torch.equal(decode_label(x.cpu(), CLASSES), y.cpu())
             n += len(i)
         assert n == ld.samples_per_shard
+
+
+# ------------------------------------------------------------------------------------------------ one pipeline per run
+
+@pytest.mark.parametrize("fmt", ["folder", "webdataset"])
+def test_one_pipeline_serves_every_epoch_and_a_restart_at_an_epoch_boundary_sees_the_same_order(data, fmt):
+    shards = 3
+
+    def ranks(epochs, start=0):
+        """Per epoch, per rank: the sample order; and whether each rank kept one pipeline for all its epochs."""
+        orders, kept = {}, []
+        for r in range(shards):
+            ld = loader(data, "train", fmt, shard_id=r, num_shards=shards, batch_size=3, seed=5, policy="rrc")
+            pipes = set()
+            for e in range(start, start + epochs):
+                ld.set_epoch(e)
+                _, ys, ids = run_epoch(ld)
+                pipes.add(id(ld._pipe))
+                orders.setdefault(e, []).append(torch.cat(ids).tolist())
+            kept.append(len(pipes) == 1)
+        return orders, kept
+
+    full, kept = ranks(4)
+    assert all(kept)                                   # epochs 0..3 on one pipeline per rank
+    for e, per_rank in full.items():
+        flat = [i for o in per_rank for i in o]
+        assert set(flat[:N_TRAIN]) == set(range(N_TRAIN))        # ranks cover the split …
+        assert len(set(flat[:N_TRAIN])) == N_TRAIN               # … disjointly (the tail is padding)
+    assert len({tuple(map(tuple, full[e])) for e in full}) == 4  # a new permutation every epoch
+    resumed, _ = ranks(2, start=2)                     # a run restarted at the boundary of epoch 2
+    assert resumed[2] == full[2] and resumed[3] == full[3]
+
+
+def test_worker_processes_read_the_same_batches_as_the_main_process(data):
+    def epoch(py_workers):
+        ld = loader(data, "train", "webdataset", batch_size=5, seed=2, policy="paper", py_workers=py_workers)
+        ld.set_epoch(1)
+        xs, ys, ids = run_epoch(ld)
+        return torch.cat(ys).tolist(), torch.cat(ids).tolist()
+
+    assert epoch(2) == epoch(0)

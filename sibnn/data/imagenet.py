@@ -24,18 +24,26 @@ Augmentation (METHOD.md §4), selected by ``policy``:
 Both end in ``crop_mirror_normalize``: ImageNet mean/std, fp32 or fp16 (bf16 is converted from fp32 by torch: DALI
 has no bf16), NCHW, or NHWC memory returned as an NCHW-shaped channels_last tensor.
 
-Sharding (``shard_id``/``num_shards``, one shard per rank):
+Sharding (``shard_id``/``num_shards``, one shard per rank) and order: one DALI pipeline per run. Its input is an
+``external_source`` callback (``EpochSource``) that hands DALI the bytes of batch i of epoch e; the callback ends each
+epoch and DALI's iterator starts the next on the same pipeline, so epochs follow each other without a rebuild.
 
-* train: every rank reads the same global permutation of the dataset (DALI's ``shuffle_after_epoch`` with a seed
-  shared by all ranks; webdataset: the tar order is shuffled and samples are mixed in a buffer) and takes its own
-  contiguous slice; slices are padded, by repeating a slice's last sample, to ``len(loader)`` full batches on every
-  rank. So every rank runs the same number of steps, every sample is seen at least once per epoch, and at most
-  ``batch_size`` samples per rank are seen twice. The order of epoch ``e`` depends only on ``(seed, e)``: the
-  pipeline is rebuilt for each epoch (``set_epoch``, like DistributedSampler), which costs well under a second.
+* train: every rank draws the same global permutation of the dataset for (seed, epoch) and takes its own contiguous
+  slice; the permutation is extended cyclically so every rank gets ``len(loader)`` full batches. So every rank runs
+  the same number of steps, every sample is seen at least once per epoch, at most ``num_shards × batch_size``
+  samples twice, and ranks are disjoint otherwise. The order of epoch ``e`` depends only on ``(seed, e)``: a run
+  restarted at an epoch boundary (a new loader, ``set_epoch(k)``) reads what an uninterrupted run reads in epoch
+  ``k``, on every rank, without saving any loader state [choice: DALI's own ``shuffle_after_epoch`` reshuffles
+  from a state that lives in each rank's pipeline, which a restart would have to save per rank through DALI
+  checkpoints; the training loops resume from (seed, epoch) alone]. The crops come from the pipeline's seed, fixed
+  per (seed, rank, first epoch of the pipeline): a resumed run sees the same images in other random crops.
 * val: no shuffle, each rank keeps a fixed contiguous slice (sizes differ by at most one) and **padded samples are
   dropped before a batch is yielded**, so summing correct predictions and counts over ranks counts every
   validation sample exactly once. Consequently ranks may run a different number of val batches (``len(loader)``
   is this rank's count): do not issue a collective per val batch, reduce once at the end.
+
+Reading the bytes is Python work: ``py_workers`` processes (DALI's parallel external source, default 4 in GPU mode,
+0 = the training process itself in CPU mode) do it off the training process.
 
 GPU mode: DALI ``device_id`` = the local CUDA index, JPEG decoding ``mixed`` (nvJPEG / the hardware decoder), the
 rest on the GPU, batches arrive as CUDA tensors. CPU mode: ``device_id=None``, CPU operators only (needs no driver).
@@ -49,6 +57,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sibnn.data.small import DatasetError
@@ -62,7 +71,6 @@ POLICIES = ("paper", "rrc")
 FORMATS = ("folder", "webdataset")
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-_READER = "Reader"                   # the reader's name, so DALI's iterator can read its epoch size and shards
 
 
 # ------------------------------------------------------------------------------------------------- dataset listing
@@ -77,6 +85,7 @@ class _Listing:
     tars: list[str] | None = None     # webdataset: archives and their DALI indexes
     indexes: list[str] | None = None
     jpeg_at: list[tuple[str, int, int]] | None = None   # webdataset: (tar, offset, size) of each sample's JPEG
+    cls_at: list[tuple[str, int, int]] | None = None    # webdataset: (tar, offset, size) of each sample's class
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -115,8 +124,8 @@ def _list_folder(root: Path, split: str) -> _Listing:
     return _Listing(classes, [Path(f).stem for f in files], files=files, labels=labels)
 
 
-def _parse_wds_index(path: Path) -> list[tuple[str, int, int]]:
-    """Per sample of one DALI index (v1.2): (key, offset, size) of its JPEG component."""
+def _parse_wds_index(path: Path) -> list[tuple[str, int, int, int, int]]:
+    """Per sample of one DALI index (v1.2): (key, offset, size) of its JPEG, (offset, size) of its class."""
     lines = path.read_text().splitlines()
     if not lines or not lines[0].startswith("v1.2 "):
         raise DatasetError(f"{path} is not a DALI webdataset index (first line should be 'v1.2 <count>')")
@@ -127,7 +136,7 @@ def _parse_wds_index(path: Path) -> list[tuple[str, int, int]]:
         jpg = comps.get("jpg") or comps.get("jpeg")
         if jpg is None or "cls" not in comps:
             raise DatasetError(f"{path}:{n}: sample has no jpg and cls components ({line[:80]!r})")
-        out.append((jpg[2].partition(".")[0], jpg[0], jpg[1]))
+        out.append((jpg[2].partition(".")[0], jpg[0], jpg[1], comps["cls"][0], comps["cls"][1]))
     if len(out) != int(lines[0].split()[1]):
         raise DatasetError(f"{path}: header says {lines[0].split()[1]} samples, found {len(out)}")
     return out
@@ -138,16 +147,17 @@ def _list_webdataset(root: Path, split: str) -> _Listing:
     tars = sorted(split_dir.glob("*.tar"))
     if not tars:
         raise DatasetError(f"no webdataset shards (*.tar) in {split_dir}")
-    keys, jpeg_at, indexes = [], [], []
+    keys, jpeg_at, cls_at, indexes = [], [], [], []
     for t in tars:
         idx = t.with_suffix(".idx")
         if not idx.is_file():
             raise DatasetError(f"{t} has no DALI index {idx.name}: run `wds2idx {t} {idx}` or "
                                "`python -m sibnn.data.prepare --webdataset`")
         indexes.append(str(idx))
-        for key, off, size in _parse_wds_index(idx):
+        for key, off, size, coff, csize in _parse_wds_index(idx):
             keys.append(key)
             jpeg_at.append((str(t), off, size))
+            cls_at.append((str(t), coff, csize))
     if not keys:
         raise DatasetError(f"the webdataset shards in {split_dir} hold no samples")
     classes_txt = root / "classes.txt"
@@ -155,7 +165,7 @@ def _list_webdataset(root: Path, split: str) -> _Listing:
         classes = [c for c in classes_txt.read_text().split() if c]
     else:   # no class list: count the labels once (one small read per sample)
         classes = [str(k) for k in range(1 + max(_wds_labels(indexes)))]
-    return _Listing(classes, keys, tars=[str(t) for t in tars], indexes=indexes, jpeg_at=jpeg_at)
+    return _Listing(classes, keys, tars=[str(t) for t in tars], indexes=indexes, jpeg_at=jpeg_at, cls_at=cls_at)
 
 
 def _wds_labels(indexes: list[str]) -> list[int]:
@@ -207,32 +217,87 @@ def _resolve_device(device: str) -> int | None:
     raise ValueError(f"device must be 'auto', 'cpu', 'gpu' or 'cuda:N', got {device!r}")
 
 
-def imagenet_pipeline(listing: _Listing, *, train: bool, policy: str, image_size: int, batch_size: int,
-                      shard_id: int, num_shards: int, device_id: int | None, num_threads: int,
-                      shuffle_seed: int, aug_seed: int, fp16: bool, channels_last: bool, return_source: bool):
-    """Build the DALI pipeline for one rank: read → decode (+ fused crop) → resize → crop/flip/normalise."""
+class EpochSource:
+    """The batches of one rank, epoch after epoch, for DALI's ``fn.external_source`` (batch mode, ``batch_info``).
+
+    Batch ``i`` of epoch ``start_epoch + info.epoch_idx`` as (JPEG bytes, class, sample index) per sample;
+    ``StopIteration`` ends an epoch and DALI starts the next one on the same pipeline. The order is a function of
+    ``(seed, epoch)`` only (:meth:`order`), so a run restarted at epoch ``k`` on a new pipeline reads exactly what
+    an uninterrupted one reads in epoch ``k``, on every rank, with no per-rank state to save. Picklable: DALI's
+    parallel mode runs it in worker processes (``py_num_workers``).
+    """
+
+    def __init__(self, listing: _Listing, *, train: bool, batch_size: int, shard_id: int, num_shards: int,
+                 seed: int, samples_per_shard: int, start_epoch: int = 0):
+        self.files, self.jpeg_at, self.cls_at, self.labels = (listing.files, listing.jpeg_at, listing.cls_at,
+                                                              listing.labels)
+        self.n, self.train, self.batch_size = len(listing), train, batch_size
+        self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
+        self.samples_per_shard, self.start_epoch = samples_per_shard, start_epoch
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's sample indices for ``epoch``; −1 marks val padding (dropped by the loader).
+
+        train: one permutation of the whole split per (seed, epoch), the same on every rank, extended cyclically to
+        ``num_shards × samples_per_shard`` (whole, equal batches) and cut into contiguous per-rank slices: the
+        slices are disjoint over the first ``n`` positions and cover the split, the padding repeats at most
+        ``num_shards × batch_size`` samples. val: the fixed contiguous slice ``[⌊r·n/s⌋, ⌊(r+1)·n/s⌋)``, padded
+        with −1 to whole batches.
+        """
+        if self.train:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            total = self.samples_per_shard * self.num_shards
+            full = np.resize(perm, total)   # cyclic repeat: the padding re-reads the epoch's first samples
+            return full[self.shard_id * self.samples_per_shard:(self.shard_id + 1) * self.samples_per_shard]
+        lo, hi = self.shard_id * self.n // self.num_shards, (self.shard_id + 1) * self.n // self.num_shards
+        idx = np.arange(lo, hi, dtype=np.int64)
+        return np.concatenate([idx, np.full(-len(idx) % self.batch_size, -1, dtype=np.int64)])
+
+    def _read(self, i: int) -> tuple[np.ndarray, int]:
+        if self.files is not None:
+            return np.fromfile(self.files[i], dtype=np.uint8), self.labels[i]
+        tar, off, size = self.jpeg_at[i]
+        ctar, coff, csize = self.cls_at[i]
+        with open(tar, "rb") as f:
+            f.seek(off)
+            data = np.frombuffer(f.read(size), dtype=np.uint8)
+            f.seek(coff)
+            label = int(f.read(csize).strip() or b"0")
+        return data, label
+
+    def __call__(self, info):
+        epoch = self.start_epoch + info.epoch_idx
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self.order(epoch))
+        idx = self._cached[1][info.iteration * self.batch_size:(info.iteration + 1) * self.batch_size]
+        if len(idx) == 0:
+            raise StopIteration
+        jpegs, labels = [], []
+        real = idx[idx >= 0]
+        for i in idx:   # val padding decodes the slice's last real sample (or sample 0) and is dropped later
+            data, label = self._read(int(i) if i >= 0 else int(real[-1]) if len(real) else 0)
+            jpegs.append(data)
+            labels.append(np.array([label], dtype=np.int64))
+        return jpegs, labels, [np.array([i], dtype=np.int64) for i in idx]
+
+
+def imagenet_pipeline(source: EpochSource, *, train: bool, policy: str, image_size: int, batch_size: int,
+                      device_id: int | None, num_threads: int, aug_seed: int, fp16: bool, channels_last: bool,
+                      py_workers: int = 0):
+    """Build the DALI pipeline for one rank: bytes from ``source`` → decode (+ fused crop) → resize →
+    crop/flip/normalise. It lives for the whole run: each epoch ends with the source's ``StopIteration``."""
     from nvidia.dali import fn, pipeline_def, types
 
     decoder = "cpu" if device_id is None else "mixed"
-    # Readers pad each rank's slice with its last sample to whole, equal-sized batches (pad_last_batch); for val
-    # the iterator then drops the padding. Train slices move between ranks and epochs (stick_to_shard=False) over
-    # one global shuffle per epoch; val slices stay put so each rank validates the same samples every time.
-    sharding = dict(name=_READER, shard_id=shard_id, num_shards=num_shards, pad_last_batch=True,
-                    stick_to_shard=not train)
+    extra = dict(py_num_workers=py_workers, py_start_method="spawn") if py_workers else {}
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=aug_seed)
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=aug_seed,
+                  **extra)
     def pipe():
-        if listing.files is not None:
-            # labels = sample index: the class is looked up on the host, and tests can identify every sample.
-            jpegs, labels = fn.readers.file(files=listing.files, labels=list(range(len(listing))),
-                                            shuffle_after_epoch=train,
-                                            shuffle_after_epoch_seed=shuffle_seed if train else None, **sharding)
-        else:
-            jpegs, labels = fn.readers.webdataset(
-                paths=listing.tars, index_paths=listing.indexes, ext=["jpg;jpeg", "cls"],
-                missing_component_behavior="error", random_shuffle=train, seed=(shuffle_seed + shard_id) % 2**31,
-                shuffle_after_epoch=train, shuffle_after_epoch_seed=shuffle_seed if train else None, **sharding)
-            labels = fn.pad(labels, fill_value=0, shape=[12])   # ASCII digits, fixed width for the iterator
+        jpegs, labels, index = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True,
+                                                  parallel=bool(py_workers), dtype=[types.UINT8, types.INT64,
+                                                                                    types.INT64])
         mirror = fn.random.coin_flip(probability=0.5) if train else 0
         if train and policy == "rrc":
             images = fn.decoders.image_random_crop(jpegs, device=decoder, output_type=types.RGB,
@@ -253,23 +318,9 @@ def imagenet_pipeline(listing: _Listing, *, train: bool, policy: str, image_size
         images = fn.crop_mirror_normalize(
             images, dtype=types.FLOAT16 if fp16 else types.FLOAT, output_layout="HWC" if channels_last else "CHW",
             mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD], mirror=mirror, **crop)
-        if return_source:
-            # "path:offset:member" for webdataset samples; fixed width so it batches as a dense tensor
-            source = fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, shape=[1024])
-            return images, labels, source
-        return images, labels
+        return images, labels, index
 
     return pipe()
-
-
-def _parse_ascii_labels(b: torch.Tensor) -> torch.Tensor:
-    """(N, W) uint8 ASCII digits, zero-padded (a trailing newline is tolerated) → (N,) int64."""
-    b = b.long()
-    value = torch.zeros(b.shape[0], dtype=torch.int64)
-    for col in b.unbind(1):
-        digit = (col >= 48) & (col <= 57)
-        value = torch.where(digit, value * 10 + (col - 48), value)
-    return value
 
 
 # ------------------------------------------------------------------------------------------------------ the loader
@@ -288,7 +339,7 @@ class ImageNetLoader:
     def __init__(self, root: str | Path, split: str, batch_size: int, shard_id: int = 0, num_shards: int = 1,
                  device: str = "auto", policy: str = "paper", image_size: int = 224, fmt: str = "folder",
                  seed: int = 0, num_threads: int | None = None, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, return_index: bool = False):
+                 channels_last: bool = False, return_index: bool = False, py_workers: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if policy not in POLICIES:
@@ -312,16 +363,14 @@ class ImageNetLoader:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             num_threads = max(1, cpus // max(1, torch.cuda.device_count())) if self.device_id is not None else cpus
         self.num_threads = num_threads
+        # Reading the bytes is Python work: in GPU mode worker processes keep it off the training process's GIL.
+        self.py_workers = (4 if self.device_id is not None else 0) if py_workers is None else py_workers
 
         self._listing = (_list_folder if fmt == "folder" else _list_webdataset)(self.root, split)
         self.classes = self._listing.classes
         self.num_classes = len(self.classes)
         self.num_samples = len(self._listing)
         self.sample_keys = self._listing.keys
-        if self._listing.labels is not None:
-            self._class_of = torch.tensor(self._listing.labels, dtype=torch.int64)
-        if fmt == "webdataset" and return_index:
-            self._index_of = {(t, off): i for i, (t, off, _) in enumerate(self._listing.jpeg_at)}
 
         n, s = self.num_samples, num_shards
         if self.train:   # every shard padded to the largest one, rounded up to whole batches (DALI's rule)
@@ -335,7 +384,8 @@ class ImageNetLoader:
 
         self.epoch = 0
         self._pipe = self._iter = None
-        self._midway = False   # an iteration started and not finished: the reader is mid-epoch
+        self._next = None      # the epoch the live pipeline yields next (None: no pipeline)
+        self._midway = False   # an iteration started and not finished: the pipeline is mid-epoch
 
     # -- epoch bookkeeping ------------------------------------------------------------------------------------
 
@@ -343,39 +393,43 @@ class ImageNetLoader:
         return math.ceil(self.samples_per_shard / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s order and crops (train; val has a fixed order): the same (seed, epoch) gives the
-        same batches on every run. Like DistributedSampler, iterating does not advance the epoch by itself."""
+        """Select epoch ``epoch``'s order (train; val has a fixed order): the same (seed, epoch) gives the same
+        samples on every rank and every run, also on a loader created fresh at ``epoch`` (a resumed run). Like
+        DistributedSampler, iterating does not advance the epoch by itself."""
         self.epoch = epoch
 
     def close(self) -> None:
         """Release the DALI pipeline (and its GPU memory); the next iteration builds a new one."""
-        self._iter = self._pipe = None
+        self._iter = self._pipe = self._next = None
 
     def _build(self) -> None:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         self.close()   # free the old pipeline first: two live GPU pipelines would double the memory
+        self._source = EpochSource(self._listing, train=self.train, batch_size=self.batch_size,
+                                   shard_id=self.shard_id, num_shards=self.num_shards, seed=self.seed,
+                                   samples_per_shard=self.samples_per_shard, start_epoch=self.epoch)
         mix = (self.seed * 1_000_003 + self.epoch * 7_919) % (2 ** 31 - 1)
         self._pipe = imagenet_pipeline(
-            self._listing, train=self.train, policy=self.policy, image_size=self.image_size,
-            batch_size=self.batch_size, shard_id=self.shard_id, num_shards=self.num_shards,
-            device_id=self.device_id, num_threads=self.num_threads,
-            shuffle_seed=mix,                                           # the same on every rank: one permutation
+            self._source, train=self.train, policy=self.policy, image_size=self.image_size,
+            batch_size=self.batch_size, device_id=self.device_id, num_threads=self.num_threads,
             aug_seed=(mix * 31 + self.shard_id * 104_729) % (2 ** 31 - 1),   # different crops on each rank
-            fp16=self.dtype == torch.float16, channels_last=self.channels_last,
-            return_source=self.return_index and self.fmt == "webdataset")
-        outputs = ["images", "labels"] + (["source"] if self.return_index and self.fmt == "webdataset" else [])
-        # FILL keeps the reader's padding (full, equal batches on every rank); PARTIAL cuts it off (val).
-        policy = LastBatchPolicy.FILL if self.train else LastBatchPolicy.PARTIAL
-        self._iter = DALIGenericIterator(self._pipe, outputs, reader_name=_READER, last_batch_policy=policy,
-                                         auto_reset=True, prepare_first_batch=False)
+            fp16=self.dtype == torch.float16, channels_last=self.channels_last, py_workers=self.py_workers)
+        if self.py_workers:
+            self._pipe.start_py_workers()
+        # The source ends each epoch (StopIteration); auto_reset starts the next one on the same pipeline.
+        self._iter = DALIGenericIterator(self._pipe, ["images", "labels", "index"], auto_reset=True,
+                                         prepare_first_batch=False)
+        self._next = self.epoch
 
     # -- iteration --------------------------------------------------------------------------------------------
 
     def __iter__(self):
-        # Train: a new pipeline per epoch, so the order is a function of (seed, epoch). Val: one pipeline, reused,
-        # unless the previous pass was abandoned half-way (its reader would resume mid-epoch).
-        if self.train or self._iter is None or self._midway:
+        # One pipeline per run: built on the first iteration and kept while epochs follow each other (train: the
+        # next epoch, val: the same slice again). Rebuilt when the asked-for epoch is not the one it yields next
+        # (set_epoch jumped, or was not called), or when the previous pass was abandoned half-way.
+        want = self.epoch if self.train else 0
+        if self._iter is None or self._midway or self._next != want:
             self._build()
         self._midway = True
         try:
@@ -391,6 +445,8 @@ class ImageNetLoader:
                 raise
             raise err from e
         self._midway = False
+        if self.train:
+            self._next = want + 1
 
     def _convert(self, out: dict) -> tuple[torch.Tensor, ...]:
         images = out["images"]
@@ -398,23 +454,14 @@ class ImageNetLoader:
             images = images.permute(0, 3, 1, 2)   # NHWC memory viewed as NCHW: torch's channels_last format
         if self.dtype == torch.bfloat16:
             images = images.to(torch.bfloat16)     # keeps the memory format
-        raw = out["labels"]
-        if self.fmt == "folder":
-            index = raw.view(-1).long().cpu()
-            labels = self._class_of[index]
-        else:
-            labels = _parse_ascii_labels(raw.cpu())
-            if self.return_index:
-                index = torch.tensor([self._source_index(bytes(row.tolist())) for row in out["source"].cpu()],
-                                     dtype=torch.int64)
+        labels, index = out["labels"].view(-1).long(), out["index"].view(-1).long()
+        if not self.train and bool((index < 0).any()):   # val padding: never counted
+            keep = index >= 0
+            images, labels, index = images[keep.to(images.device)], labels[keep], index[keep]
         labels = labels.to(self.device, non_blocking=True)
         if self.return_index:
             return images, labels, index.to(self.device)
         return images, labels
-
-    def _source_index(self, raw: bytes) -> int:
-        tar, off, _member = raw.rstrip(b"\0").decode().rsplit(":", 2)
-        return self._index_of[(tar, int(off))]
 
     def _decode_error(self, e: RuntimeError) -> Exception:
         """Turn DALI's decode failure into a DatasetError that names the file."""
