@@ -1,8 +1,9 @@
 """Binarizers: Si-BNN's {0, +1} activations, the sign-BNN baseline, and α·sign(W) weights (METHOD.md §1–§2).
 
-Every binarizer is written as a straight-through "detach trick" on plain tensor ops, not a custom autograd
-Function and never by swapping ``weight.data``: the forward value is the binary code, the backward is the gradient
-of a masked identity. That keeps DDP, AMP (bf16) and ``torch.compile`` working unchanged.
+Every binarizer is written as a straight-through "detach trick" on plain tensor ops, never by swapping
+``weight.data``: the forward value is the binary code, the backward is the gradient of a masked identity. That keeps
+DDP, AMP (bf16) and ``torch.compile`` working unchanged. ``SiBinarize`` can also run the same rule as one fused
+autograd op (``sibnn.fused``: Triton kernels on CUDA), tested bit for bit against ``si_binarize``.
 """
 from __future__ import annotations
 
