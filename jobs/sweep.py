@@ -7,6 +7,7 @@ so a restarted driver restores the Tune experiment and every unfinished Train ru
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
