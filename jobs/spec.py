@@ -10,7 +10,8 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from sibnn.models import list_models
 
@@ -97,6 +98,15 @@ class GridSpec(_Strict):
             raise ValueError(f"rho is only used by the sibnn binarizers and none is in grid.binarizer "
                              f"({', '.join(binarizers)}); drop rho or add 'sibnn'")
         return v
+
+    @model_serializer(mode="wrap")
+    def _without_unused_rho(self, handler):
+        """A grid without a sibnn binarizer is written without its (default) ρ, so that the spec's JSON, which the
+        service stores and the jobs re-parse, passes the rule above on every round trip."""
+        data = handler(self)
+        if not any(b.startswith("sibnn") for b in self.binarizer):
+            data.pop("rho", None)
+        return data
 
     @field_validator("seed")
     @classmethod

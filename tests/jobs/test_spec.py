@@ -1,4 +1,6 @@
 """The experiment spec: validation names the field, expansion into trials, presets."""
+import json
+
 import pytest
 
 from jobs.presets import PRESETS, preset
@@ -115,3 +117,13 @@ def test_mnist5k_demo_preset_compares_three_rhos_sign_and_fp_over_two_seeds_with
     assert len(spec.grid.seed) >= 2 and len(spec.trials()) == 5 * len(spec.grid.seed)
     with pytest.raises(SpecError, match="dataset.root"):
         parse_spec({**BASE, "dataset": {"kind": "mnist5k", "root": "/x"}})
+
+
+def test_a_grid_without_sibnn_round_trips_through_its_json():
+    # the service stores model_dump_json() and the jobs re-parse it: the default ρ must not come back as "given"
+    spec = parse_spec({**BASE, "grid": {"arch": ["digits_cnn"], "binarizer": ["sign", "fp"]}})
+    again = parse_spec(spec.model_dump_json())
+    assert "rho" not in json.loads(spec.model_dump_json())["grid"]
+    assert [t.trial_id for t in again.trials()] == [t.trial_id for t in spec.trials()]
+    with_sibnn = parse_spec({**BASE, "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn", "fp"], "rho": [0.5]}})
+    assert parse_spec(with_sibnn.model_dump_json()).grid.rho == [0.5]
