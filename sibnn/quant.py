@@ -3,7 +3,9 @@
 Every binarizer is written as a straight-through "detach trick" on plain tensor ops, never by swapping
 ``weight.data``: the forward value is the binary code, the backward is the gradient of a masked identity. That keeps
 DDP, AMP (bf16) and ``torch.compile`` working unchanged. ``SiBinarize`` can also run the same rule as one fused
-autograd op (``sibnn.fused``: Triton kernels on CUDA), tested bit for bit against ``si_binarize``.
+autograd op (``sibnn.fused``: Triton kernels on CUDA), tested bit for bit against ``si_binarize``; the weight
+binarizer runs as one custom op (``torch.ops.sibnn.binarize_weight``, hand-written backward), tested against its
+detach-trick reference ``binarize_weight_reference``.
 """
 from __future__ import annotations
 
