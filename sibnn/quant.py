@@ -3,7 +3,9 @@
 Every binarizer is written as a straight-through "detach trick" on plain tensor ops, never by swapping
 ``weight.data``: the forward value is the binary code, the backward is the gradient of a masked identity. That keeps
 DDP, AMP (bf16) and ``torch.compile`` working unchanged. ``SiBinarize`` can also run the same rule as one fused
-autograd op (``sibnn.fused``: Triton kernels on CUDA), tested bit for bit against ``si_binarize``.
+autograd op (``sibnn.fused``: Triton kernels on CUDA), tested bit for bit against ``si_binarize``; the weight
+binarizer runs as one custom op (``torch.ops.sibnn.binarize_weight``, hand-written backward), tested against its
+detach-trick reference ``binarize_weight_reference``.
 """
 from __future__ import annotations
 
@@ -63,14 +65,29 @@ def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
     """METHOD.md §2: W_b = α_o · sign(W), α_o = mean |W| over output channel o's filter (a row for linear layers).
 
     The latent weight is read clamped to [−1, 1] (the engine also clamps it after each optimiser step, see
-    ``clamp_latent_weights_``). sign(0) is +1, like the activations. The forward value is exactly α·sign(W) (every
-    ``t − t.detach()`` term below is exactly zero); the gradient is that of a surrogate S:
+    ``clamp_latent_weights_``). sign(0) is +1, like the activations. With g = ∂L/∂W_b and n = elements of one output
+    filter, the gradient is
 
     * ``grad="authors"`` (default) [code: ``util.py`` ``BinOp.updateBinaryGradWeight_new``, the rule the authors'
-      script calls]: with g = ∂L/∂W_b and n = elements of one output filter,
-      ∂L/∂W = g·1[|W| ≤ 1]·(1 − 1/n) + sign(W)·mean_o(sign(W) ⊙ g) — the second term is the path through α.
-      S = clamp(W)·(1 − 1/n) + sign(W)·mean_o |W|, with sign(W) detached (sign(W) ⊙ W = |W|).
-    * ``grad="ste"`` [choice, ablation]: α detached, the masked straight-through gradient g·1[|W| ≤ 1] (S = clamp(W)).
+      script calls]: ∂L/∂W = g·1[|W| ≤ 1]·(1 − 1/n) + sign(W)·mean_o(sign(W) ⊙ g) — the second term is the path
+      through α;
+    * ``grad="ste"`` [choice, ablation]: α detached, the masked straight-through gradient g·1[|W| ≤ 1].
+
+    [choice] It runs as one autograd op, ``torch.ops.sibnn.binarize_weight`` (a ``torch.library.custom_op`` with a
+    hand-written backward, so ``torch.compile`` keeps it in one graph), in a few passes over the weight;
+    ``binarize_weight_reference`` is the same rule as a detach trick on plain tensor ops, kept for the tests.
+    """
+    if grad not in WEIGHT_GRADS:
+        raise ValueError(f"unknown weight gradient {grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
+    return torch.ops.sibnn.binarize_weight(w, grad)
+
+
+def binarize_weight_reference(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
+    """``binarize_weight`` as a detach trick on plain tensor ops (the forward value is exactly α·sign(W); every
+    ``t − t.detach()`` term is exactly zero and only shapes the gradient). Slower; kept as the tests' reference.
+
+    Surrogates: "ste" S = clamp(W); "authors" S = clamp(W)·(1 − 1/n) + sign(W)·mean_o |W| with sign(W) detached.
+    One difference from the rule at W = 0 exactly: the α path here uses autograd's sgn(0) = 0 (the op uses +1).
     """
     if grad not in WEIGHT_GRADS:
         raise ValueError(f"unknown weight gradient {grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
@@ -82,11 +99,86 @@ def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
         alpha = torch.linalg.vector_norm(wc, 1, dims, keepdim=True) / n  # one fused pass: mean |W| per filter
     if grad == "ste":
         return torch.copysign(alpha.expand_as(wc), wc.detach() + 0.0) + ste
-    # The path through α: m = mean_o |W| has gradient sign(W)/n per element (unmasked, as in the script), and
-    # copysign passes Σ_o g·sign(W) to its magnitude α; ``alpha + (m − m.detach())`` keeps α's value exactly.
     m = torch.linalg.vector_norm(w, 1, dims, keepdim=True) / n
     wb = torch.copysign((alpha + (m - m.detach())).expand_as(wc), wc.detach() + 0.0)
-    return torch.add(wb, ste, alpha=1.0 - 1.0 / n)  # fused: wb + (1 − 1/n)·ste
+    return torch.add(wb, ste, alpha=1.0 - 1.0 / n)
+
+
+def _maybe(mask: torch.Tensor) -> bool:
+    """Whether a rare case (|W| > 1, an all-zero filter) needs its extra passes: checked on CPU, where the check is
+    cheap; on other devices always taken (no host sync, the extra passes are cheap there)."""
+    return bool(mask.any()) if mask.device.type == "cpu" else True
+
+
+def _within_unit(w: torch.Tensor) -> bool:
+    """Every |W| ≤ 1 (one read pass; the engine keeps latent weights clamped, so this is the usual case)."""
+    lo, hi = torch.aminmax(w)
+    return bool(lo >= -1) and bool(hi <= 1)
+
+
+def _dims(w: torch.Tensor) -> tuple:
+    return tuple(range(1, w.dim()))
+
+
+@torch.library.custom_op("sibnn::binarize_weight", mutates_args=())
+def _binarize_weight_op(w: torch.Tensor, grad: str) -> torch.Tensor:
+    """Forward: α = mean |clamp(W)| per output filter (one reduction), W_b = copysign(α, clamp(W) + 0) (one pass;
+    "+ 0" turns −0.0 into +0.0 so sign(0) = +1)."""
+    n = w[0].numel()
+    wc = w.clamp(-1.0, 1.0).add_(0.0)
+    alpha = torch.linalg.vector_norm(wc, 1, _dims(w), keepdim=True).div_(n)
+    return torch.copysign(alpha.expand_as(wc), wc, out=wc)
+
+
+@_binarize_weight_op.register_fake
+def _(w, grad):
+    return torch.empty_like(w)
+
+
+@torch.library.custom_op("sibnn::binarize_weight_backward", mutates_args=())
+def _binarize_weight_backward_op(g: torch.Tensor, w: torch.Tensor, wb: torch.Tensor, grad: str) -> torch.Tensor:
+    """∂L/∂W from g = ∂L/∂W_b, the latent W and the forward output W_b = ±α (whose sign bit is sign(W), +0 for 0).
+
+    authors: sign(W)·mean_o(sign(W) ⊙ g) = W_b · Σ_o(g ⊙ W_b) / (α² n) where α > 0 (one dot product per filter, one
+    multiply, one add); an all-zero filter (α = 0, every sign +1) gets mean_o(g). Then + (1 − 1/n)·g·1[|W| ≤ 1], in place.
+    """
+    outside = None
+    if w.device.type != "cpu" or not _within_unit(w):
+        outside = ~(w.abs() <= 1)  # also NaN, as 1[|W| ≤ 1] reads it
+    gm = g if outside is None else g.masked_fill(outside, 0.0)
+    if grad == "ste":
+        return gm.clone() if gm is g else gm
+    n = w[0].numel()
+    dims = _dims(w)
+    alpha = wb[(slice(None),) + (0,) * (wb.dim() - 1)].abs().view((-1,) + (1,) * (wb.dim() - 1))  # |W_b| = α
+    dot = (g * wb).sum(dims, keepdim=True)  # on CPU faster than bmm/vecdot per filter
+    zero = alpha == 0
+    r = dot.div_(alpha.square().mul_(n))
+    if _maybe(zero):
+        r = r.masked_fill(zero, 0.0)
+    out = torch.mul(wb, r).add_(gm, alpha=1.0 - 1.0 / n)
+    if _maybe(zero):
+        out.add_(torch.where(zero, g.sum(dims, keepdim=True).div_(n), 0.0))
+    return out
+
+
+@_binarize_weight_backward_op.register_fake
+def _(g, w, wb, grad):
+    return torch.empty_like(g)
+
+
+def _setup_context(ctx, inputs, output):
+    w, grad = inputs
+    ctx.grad = grad
+    ctx.save_for_backward(w, output)
+
+
+def _backward(ctx, g):
+    w, wb = ctx.saved_tensors
+    return torch.ops.sibnn.binarize_weight_backward(g, w, wb, ctx.grad), None
+
+
+_binarize_weight_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class SiBinarize(nn.Module):

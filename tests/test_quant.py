@@ -255,3 +255,91 @@ def test_si_binarize_works_under_torch_compile():
     assert torch.equal(compiled, eager)
     for a, e in zip((x.grad, b.theta.grad, b.scale.grad), g_eager):
         torch.testing.assert_close(a, e)
+
+
+# --- binarize_weight as one custom op (torch.ops.sibnn.binarize_weight) against the detach-trick reference ---
+
+
+@pytest.mark.parametrize("grad", ["authors", "ste"])
+@pytest.mark.parametrize("shape,layout", [((8, 3, 3, 3), "contiguous"), ((16, 8, 3, 3), "channels_last"),
+                                          ((16, 8, 3, 3), "mixed"), ((10, 7), "contiguous")])
+def test_weight_op_equals_the_detach_trick_reference(grad, shape, layout):
+    """Same forward value bit for bit and the same gradient as ``binarize_weight_reference`` (float64, |W| > 1
+    present), also for channels_last weights and a gradient whose layout differs from the weight's."""
+    from sibnn.quant import binarize_weight_reference
+
+    gen = torch.Generator().manual_seed(len(shape) + shape[0])
+    w0 = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.8
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    assert (w0.abs() > 1).any()
+    if layout != "contiguous":
+        w0 = w0.to(memory_format=torch.channels_last)
+    if layout == "channels_last":
+        g = g.to(memory_format=torch.channels_last)
+    w, w_ref = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    out, ref = binarize_weight(w, grad), binarize_weight_reference(w_ref, grad)
+    assert torch.equal(out, ref)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("zero", [0.0, -0.0])
+def test_authors_weight_gradient_uses_sign_zero_plus_one_and_handles_an_all_zero_filter(zero):
+    """At W = ±0 the α path takes sign(0) = +1 (as the forward does); a filter of zeros has α = 0 and still gets
+    sign(W)·mean_o(sign(W) ⊙ g) = mean_o(g)."""
+    w = torch.tensor([[zero, 0.5, -0.5, 0.2], [zero, zero, 0.0, 0.0], [1.5, -2.0, 0.25, -0.75]],
+                     dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, -2.0, 0.5, 4.5], [1.0, -2.0, 3.0, 5.0]], dtype=torch.float64)
+    wb = binarize_weight(w)
+    assert (torch.signbit(wb) == torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=torch.bool)).all()
+    wb.backward(g)
+    # row 0: t = (1 + 2 − 3 + 4)/4 = 1 → 0.75·g + sign·1; row 1: t = 4/4 = 1 → 0.75·g + 1; row 2: masked where |W| > 1
+    assert w.grad[0].tolist() == [1.75, 2.5, 1.25, 4.0]
+    assert w.grad[1].tolist() == [1.75, -0.5, 1.375, 4.375]
+    torch.testing.assert_close(w.grad, _authors_weight_grad(w.detach(), g), rtol=1e-12, atol=1e-12)
+
+
+def test_weight_op_passes_torch_library_opcheck():
+    """The custom op's fake (meta) kernel, autograd registration and schema agree with its real kernel."""
+    w = (torch.randn(6, 4, 3, 3) * 0.7).requires_grad_()
+    for grad in ("authors", "ste"):
+        torch.library.opcheck(torch.ops.sibnn.binarize_weight.default, (w, grad))
+    g, wb = torch.randn(6, 4, 3, 3), binarize_weight(w.detach())
+    torch.library.opcheck(torch.ops.sibnn.binarize_weight_backward.default, (g, w.detach(), wb, "authors"))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_weight_binarizer_compiles_in_one_graph(backend):
+    """``fullgraph=True``: no graph break around the weight op, for both rules; values and gradients as eager."""
+    lin = torch.nn.Parameter(torch.randn(5, 12) * 0.6)
+    conv = torch.nn.Parameter(torch.randn(6, 4, 3, 3) * 0.6)
+    x, xl = torch.randn(2, 4, 6, 6), torch.randn(3, 12)
+
+    def f(conv, lin, grad):
+        a = torch.nn.functional.conv2d(x, binarize_weight(conv, grad)).square().sum()
+        return a + torch.nn.functional.linear(xl, binarize_weight(lin, grad)).square().sum()
+
+    for grad in ("authors", "ste"):
+        f(conv, lin, grad).backward()
+        eager = (conv.grad.clone(), lin.grad.clone())
+        conv.grad = lin.grad = None
+        torch.compile(f, backend=backend, fullgraph=True)(conv, lin, grad).backward()
+        for got, exp in zip((conv.grad, lin.grad), eager):
+            torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
+        conv.grad = lin.grad = None
+
+
+def test_authors_weight_gradient_under_bf16_autocast_keeps_fp32_latent_weights():
+    """Under bf16 autocast the latent weight and its gradient stay float32 and the gradient follows the rule for the
+    g = ∂L/∂W_b the bf16 conv hands back."""
+    w = (torch.randn(6, 4, 3, 3) * 0.7).requires_grad_()
+    x = torch.randn(2, 4, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        wb = binarize_weight(w)
+        wb.retain_grad()
+        y = torch.nn.functional.conv2d(x, wb, padding=1)
+    assert wb.dtype == torch.float32 and y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert w.grad.dtype == torch.float32
+    torch.testing.assert_close(w.grad, _authors_weight_grad(w.detach(), wb.grad), rtol=1e-5, atol=1e-6)
