@@ -192,3 +192,30 @@ def test_generated_requests_get_answers_that_conform_when_ray_and_mlflow_are_dow
     codes = {c for _, c in seen}
     assert {200, 422, 503} <= codes, codes
     assert ("/readyz", 503) in seen and ("/tables/rho-ablation", 503) in seen
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_client_parses_the_apis_own_answers(offline_api):
+    from service import db
+    from service.db import Experiment
+
+    with offline_api.app.state.ctx.sessions() as s:
+        s.add(Experiment(id="e-client", name="n", spec_json=preset("digits").model_dump_json(),
+                         spec_fingerprint="f" * 64, n_trials=2, status=db.FAILED, attempt=1, cancel_requested=False,
+                         reason="boom"))
+        s.add(db.Attempt(experiment_id="e-client", number=1, submission_id="e-client-1"))
+        s.commit()
+    api = Api("http://testserver", "test-api-token")
+    offline_api.headers.update(AUTH)
+    api.http = offline_api  # the TestClient is an httpx.Client: the same code path as over the network
+    page = api.list()
+    assert page["total"] == 1 and page["items"][0]["reason"] == "boom" and page["next"] is None
+    assert api.get("e-client")["attempts"][0]["ray_submission_id"] == "e-client-1"
+    ready = api.ready()
+    assert ready["status"] == "not ready" and ready["checks"]["database"]["ok"] is True
+    with pytest.raises(ApiError) as e:
+        api.cancel("e-client")  # FAILED: nothing to cancel
+    assert e.value.status == 409 and e.value.problem["instance"] == "/experiments/e-client"
+    with pytest.raises(ApiError) as e:
+        api.table("paper-comparison")
+    assert e.value.status == 503 and "MLflow" in e.value.problem["detail"]
