@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from service import problems
+from service import problems, schemas
 from service.experiments import Context, reconcile_once
 from service.guard import RequestGuard
 from service.routes import experiments, health, models, tables
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
     app.add_middleware(RequestGuard, settings=settings)
     for r in (experiments.router, tables.router, models.router, health.router):
         app.include_router(r)
+    app.openapi = lambda: schemas.openapi_with_problems(app)  # errors documented as application/problem+json
     return app
 
 

@@ -1,5 +1,9 @@
 """A small HTTP client of the API (the ``sibnn`` command and ``bench/api.py`` use it).
 
+Every answer is parsed with the models the routes declare (``service.schemas``): an answer that does not match
+them is an ``ApiError`` naming the path and the field, not a ``KeyError`` later. The methods return the parsed
+answer as plain JSON data (``model_dump``), the same keys the API sent.
+
 Where the API is: ``SIBNN_API_URL`` and ``SIBNN_API_TOKEN``, else the ``stack.json`` that ``sibnn up`` writes in
 ``SIBNN_HOME`` (~/.sibnn), else http://127.0.0.1:8000.
 """
@@ -9,7 +13,9 @@ import os
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from service import schemas
 from service.stack import StackInfo
 
 
@@ -43,8 +49,26 @@ class Api:
                 problem = r.json()
             except ValueError:
                 problem = {"detail": r.text[:500]}
-            raise ApiError(r.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})
+            if not isinstance(problem, dict):
+                problem = {"detail": str(problem)}
+            try:  # RFC 9457 problem details as the API documents them; anything else is kept as it came
+                problem = schemas.Problem.model_validate(problem).model_dump(mode="json", exclude_unset=True)
+            except ValidationError:
+                pass
+            raise ApiError(r.status_code, problem)
         return r
+
+    def _parse(self, model: type[BaseModel], r: httpx.Response) -> dict:
+        try:
+            parsed = model.model_validate_json(r.content)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise ApiError(502, {"title": "Unexpected answer",
+                                 "detail": f"{r.request.method} {r.request.url.path}: the answer does not match the "
+                                           f"API's {model.__name__} schema at {where}: {first['msg']} (client and "
+                                           "server versions differ?)"}) from None
+        return parsed.model_dump(mode="json", exclude_unset=True)
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
         try:
@@ -56,20 +80,20 @@ class Api:
 
     def submit(self, spec: dict, idempotency_key: str | None = None) -> dict:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self.request("POST", "/experiments", json=spec, headers=headers).json()
+        return self._parse(schemas.Experiment, self.request("POST", "/experiments", json=spec, headers=headers))
 
     def get(self, exp_id: str) -> dict:
-        return self.request("GET", f"/experiments/{exp_id}").json()
+        return self._parse(schemas.ExperimentDetail, self.request("GET", f"/experiments/{exp_id}"))
 
     def list(self, status: str | None = None, limit: int = 50) -> dict:
         params = {"limit": limit, **({"status": status} if status else {})}
-        return self.request("GET", "/experiments", params=params).json()
+        return self._parse(schemas.ExperimentPage, self.request("GET", "/experiments", params=params))
 
     def cancel(self, exp_id: str) -> dict:
-        return self.request("DELETE", f"/experiments/{exp_id}").json()
+        return self._parse(schemas.Experiment, self.request("DELETE", f"/experiments/{exp_id}"))
 
     def results(self, exp_id: str) -> dict:
-        return self.request("GET", f"/experiments/{exp_id}/results").json()
+        return self._parse(schemas.Results, self.request("GET", f"/experiments/{exp_id}/results"))
 
     def logs(self, exp_id: str, tail: int = 200) -> str:
         return self.request("GET", f"/experiments/{exp_id}/logs", params={"tail": tail}).text
@@ -81,8 +105,17 @@ class Api:
             yield from r.iter_text()
 
     def table(self, name: str, experiment_ids: list[str] | None = None) -> dict:
-        return self.request("GET", f"/tables/{name}", params={"experiment_id": experiment_ids or []}).json()
+        model = TABLES.get(name)
+        r = self.request("GET", f"/tables/{name}", params={"experiment_id": experiment_ids or []})
+        return self._parse(model, r) if model else r.json()
 
     def ready(self) -> dict:
         r = self.http.get("/readyz")
+        if r.status_code in (200, 503):  # 503: ready is false, each check says why
+            return self._parse(schemas.Readiness, r)
+        self._check(r)
         return r.json()
+
+
+TABLES: dict[str, type[BaseModel]] = {"rho-ablation": schemas.RhoAblationTable,
+                                      "paper-comparison": schemas.PaperComparisonTable}

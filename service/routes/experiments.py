@@ -1,7 +1,7 @@
 """/experiments: launch, list, describe, cancel, logs, results."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
@@ -18,15 +18,17 @@ from service.experiments import (Context, MlflowUnavailable, cancel_experiment, 
 from service.problems import Problem
 from service.ray_jobs import JobNotFound, RayUnavailable
 from service.results import results_rows
+from service.schemas import Experiment as ExperimentOut
+from service.schemas import ExperimentDetail, ExperimentPage, ExperimentStatus, Results, problems
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 ExperimentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
-PROBLEM = {"content": {"application/problem+json": {}}}
+READ = problems(401, 422, 500)  # every read: the token when reads are closed, bad parameters, the guard
 
 
-@router.post("", status_code=202, dependencies=[Depends(require_token)],
-             responses={401: PROBLEM, 409: PROBLEM, 422: PROBLEM, 429: PROBLEM, 503: PROBLEM})
+@router.post("", status_code=202, dependencies=[Depends(require_token)], response_model=ExperimentOut,
+             response_model_exclude_unset=True,
+             responses=problems(401, 409, 413, 415, 422, 429, 500, 503))
 def create(spec: Annotated[ExperimentSpec, Body(openapi_examples={
                "digits": {"summary": "the embedded digits sweep", "value": PRESETS["digits"]}})],
            response: Response, ctx: Context = Depends(get_ctx),
@@ -44,8 +46,8 @@ def create(spec: Annotated[ExperimentSpec, Body(openapi_examples={
         return describe(ctx, s.get(Experiment, exp.id))
 
 
-@router.get("")
-def list_experiments(ctx: Context = Depends(get_ctx), status: Status | None = None,
+@router.get("", response_model=ExperimentPage, response_model_exclude_unset=True, responses=READ)
+def list_experiments(ctx: Context = Depends(get_ctx), status: ExperimentStatus | None = None,
                      limit: Annotated[int, Query(ge=1, le=500)] = 50,
                      offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0):
     with ctx.sessions() as s:
@@ -62,7 +64,8 @@ def list_experiments(ctx: Context = Depends(get_ctx), status: Status | None = No
     return out
 
 
-@router.get("/{experiment_id}", responses={404: PROBLEM})
+@router.get("/{experiment_id}", response_model=ExperimentDetail, response_model_exclude_unset=True,
+            responses={**READ, **problems(404)})
 def get(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
     """Status (with the reason), attempts, and per trial: state, epoch, latest metrics, MLflow links."""
     with ctx.sessions() as s:
@@ -70,7 +73,8 @@ def get(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
 
 
 @router.delete("/{experiment_id}", status_code=202, dependencies=[Depends(require_token)],
-               responses={401: PROBLEM, 404: PROBLEM, 409: PROBLEM, 503: PROBLEM})
+               response_model=ExperimentOut, response_model_exclude_unset=True,
+               responses=problems(401, 404, 409, 413, 415, 422, 500, 503))
 def cancel(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
     """Cancel: stop the Ray job (its MLflow runs are marked KILLED, checkpoints kept) → CANCELLED."""
     exp = cancel_experiment(ctx, experiment_id)
@@ -100,7 +104,10 @@ def _tail(text: str, n: int) -> str:
     return "".join(lines[-n:]) if n else text
 
 
-@router.get("/{experiment_id}/logs", response_class=PlainTextResponse, responses={404: PROBLEM, 503: PROBLEM})
+@router.get("/{experiment_id}/logs", response_class=PlainTextResponse,
+            responses={200: {"description": "the log as text; with ``follow=true`` streamed until the job ends",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}},
+                       **READ, **problems(404, 503)})
 def logs(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx),
          tail: Annotated[int, Query(ge=0, le=100_000, description="last N lines (0: all)")] = 200,
          follow: Annotated[bool, Query(description="stream until the job ends")] = False,
@@ -126,7 +133,8 @@ def logs(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx),
     return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 
 
-@router.get("/{experiment_id}/results", responses={404: PROBLEM, 503: PROBLEM})
+@router.get("/{experiment_id}/results", response_model=Results, response_model_exclude_unset=True,
+            responses={**READ, **problems(404, 503)})
 def results(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
     """One row per trial: arch, binarizer, ρ, seed, final and best top-1/top-5, sparsity, epochs, wall time,
     images/s, MLflow link, and for Si-BNN trials the bit-packed CPU model's file size and batch-1 latency."""

@@ -11,11 +11,12 @@ from sqlalchemy import text
 from service.deps import get_ctx
 from service.experiments import Context
 from service.ray_jobs import RayUnavailable
+from service.schemas import Health, Readiness, problems
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health, responses=problems(500))
 async def healthz():
     return {"status": "ok"}
 
@@ -30,7 +31,8 @@ def _timed(fn):
     return {"ok": ok, "detail": detail, "ms": round(1000 * (time.perf_counter() - t), 1)}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "a dependency is not ready"}, **problems(500)})
 def readyz(ctx: Context = Depends(get_ctx)):
     s = ctx.settings
 

@@ -7,12 +7,13 @@ from fastapi import APIRouter, Path, Query
 
 from service import catalog
 from service.problems import Problem
+from service.schemas import ModelDetail, ModelList, problems
 
 router = APIRouter(prefix="/models", tags=["models"])
 Binarizer = Literal["sibnn", "sign", "fp", "sibnn_layer"]
 
 
-@router.get("")
+@router.get("", response_model=ModelList, response_model_exclude_unset=True, responses=problems(401, 422, 500))
 def list_models(summary: Annotated[bool, Query(description="compute every summary (slow the first time)")] = False):
     """Every registered architecture; with ``summary=true`` each one's totals (binary/FP params, MACs, size)."""
     out = []
@@ -22,7 +23,8 @@ def list_models(summary: Annotated[bool, Query(description="compute every summar
     return {"models": out}
 
 
-@router.get("/{name}", responses={404: {"content": {"application/problem+json": {}}}})
+@router.get("/{name}", response_model=ModelDetail, response_model_exclude_unset=True,
+            responses=problems(401, 404, 422, 500))
 def get_model(name: Annotated[str, Path(max_length=64)], binarizer: Binarizer = "sibnn"):
     """One architecture with its per-layer summary at the paper's input size."""
     try:

@@ -9,6 +9,7 @@ from service.deps import get_ctx
 from service.experiments import Context, MlflowUnavailable
 from service.problems import Problem
 from service.results import paper_comparison, rho_ablation
+from service.schemas import PaperComparisonTable, RhoAblationTable, problems
 
 router = APIRouter(prefix="/tables", tags=["tables"])
 Filter = Annotated[list[str] | None, Query(description="only these experiments (repeatable); default: all",
@@ -22,13 +23,17 @@ def _table(ctx: Context, fn, experiment_id):
         raise Problem(503, str(e), title="Dependency unavailable") from None
 
 
-@router.get("/rho-ablation")
+TABLE = problems(401, 422, 500, 503)
+
+
+@router.get("/rho-ablation", response_model=RhoAblationTable, response_model_exclude_unset=True, responses=TABLE)
 def rho_table(ctx: Context = Depends(get_ctx), experiment_id: Filter = None):
     """AAAI Table 2's shape: Si-BNN top-1 against ρ, per dataset and architecture."""
     return _table(ctx, rho_ablation, experiment_id)
 
 
-@router.get("/paper-comparison")
+@router.get("/paper-comparison", response_model=PaperComparisonTable, response_model_exclude_unset=True,
+            responses=TABLE)
 def comparison_table(ctx: Context = Depends(get_ctx), experiment_id: Filter = None):
     """Si-BNN vs sign-BNN vs full precision per architecture, with METHOD.md §5's numbers beside them."""
     return _table(ctx, paper_comparison, experiment_id)
