@@ -14,13 +14,28 @@ def mlflow_uri(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def local_ray(tmp_path_factory):
-    """One in-process local Ray for the jobs tests (2 CPUs, private temp dir), shut down at the end."""
+def _local_ray_dir(tmp_path_factory):
+    """The local Ray's private temp dir (short: Ray's socket paths must stay under the OS's 107-byte limit); the
+    Ray is shut down at the end of the session."""
     import ray
 
-    # A short private temp dir: Ray's socket paths must stay under the OS's 107-byte limit.
-    temp = tmp_path_factory.mktemp("ray")
-    os.environ.pop("RAY_ADDRESS", None)
-    ctx = ray.init(num_cpus=2, _temp_dir=str(temp), include_dashboard=True, log_to_driver=False)
-    yield ctx
-    ray.shutdown()
+    yield tmp_path_factory.mktemp("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+_started: dict = {}  # the RayContext of the local Ray this conftest started last
+
+
+@pytest.fixture
+def local_ray(_local_ray_dir):
+    """One in-process local Ray for the jobs tests (2 CPUs, private temp dir), kept from test to test. A module
+    that needs a cluster of another shape (tests/jobs/test_scheduling.py: fake GPUs) shuts it down and replaces it;
+    the next test that asks for this fixture then starts the 2-CPU Ray again instead of finding none."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.pop("RAY_ADDRESS", None)
+        _started["ctx"] = ray.init(num_cpus=2, _temp_dir=str(_local_ray_dir), include_dashboard=True,
+                                   log_to_driver=False)
+    return _started["ctx"]
