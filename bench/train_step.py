@@ -5,9 +5,9 @@
     python bench/train_step.py --binarizers fp,sibnn --weight-grad authors,ste   # cost of the authors' rule
     python bench/train_step.py --binarizers fp,sibnn-fused,sibnn-ref [--compile]   # fused binarizer vs reference
 
-``sibnn`` is the Si-BNN layer as it comes (``SiBinarize.fused`` auto: the fused op on CUDA with Triton, the
-reference elsewhere); ``sibnn-fused`` forces the fused op (``sibnn.fused``), ``sibnn-ref`` the reference (the
-detach trick of ``sibnn.quant.si_binarize``).
+``sibnn`` is the Si-BNN layer as it comes (``SiBinarize.fused`` auto: the fused op on the CPU and on CUDA with
+Triton, the reference elsewhere); ``sibnn-fused`` forces the fused op (``sibnn.fused``), ``sibnn-ref`` the reference
+(the detach trick of ``sibnn.quant.si_binarize``). ``bench/binarizer_cost.py`` splits the overhead into its parts.
 
 A step is forward + backward + Adam step + latent-weight clamp, on synthetic tensors (no data loading), timed after
 warm-up with the device synchronised. Prints a markdown table.

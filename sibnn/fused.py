@@ -12,7 +12,11 @@
   Only y's sign and the window edges are compared, so b is bit-identical to the reference; the sums accumulate in
   float32 in another order than autograd's, so ∂θ, ∂s agree to float rounding.
 * CPU (and CUDA without Triton): the same formulas as a few whole-tensor torch ops in an autograd Function —
-  nothing saved but x (the reference's detach trick keeps y and the window alive for backward).
+  nothing saved but x (the reference's detach trick keeps y and the window alive for backward). The forward is
+  three passes (x − θ, ·s and 1[y ≥ 0] in place); the backward builds the window as a float mask from in-place
+  comparisons (on the CPU bool masks and ``torch.where`` cost many times a float multiply) and takes g·window like
+  the reference's backward. ``SiBinarize`` uses this path by default on the CPU (faster than the reference there,
+  docs/benchmarks.md).
 
 The forward ``x − θ`` then ``·s`` is evaluated exactly as the reference evaluates it (two float32 roundings, no
 FMA contraction), so b is bit for bit the reference's also at the window edges.
@@ -52,8 +56,8 @@ def _check(x: torch.Tensor, theta: torch.Tensor) -> None:
         raise ValueError(f"theta has {theta.numel()} values for {x.shape[1]} channels")
 
 
-def _view(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return p.float().view(1, -1, *([1] * (x.dim() - 2)))
+def _view(p: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return p.to(dtype).view(1, -1, *([1] * (x.dim() - 2)))
 
 
 def _dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -61,22 +65,35 @@ def _dims(x: torch.Tensor) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------------------------- the torch path
+# Few, mostly in-place passes: on the CPU the activations of a small step are cache-sized, so the cost is the number
+# of kernels and temporaries, not bandwidth. In-place ops round exactly like their out-of-place forms.
+
+def _cdt(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)   # the reference's compute dtype (float64 stays float64)
+
 
 def _fwd_torch(x, theta, scale):
-    y = (x.float() - _view(theta, x)) * _view(scale, x)
-    return (y >= 0).to(x.dtype)
+    cd = _cdt(x)
+    y = torch.sub(x.to(cd), _view(theta, x, cd)).mul_(_view(scale, x, cd))   # exactly the reference's two roundings
+    b = y.ge_(0)                                                               # 1.0 / 0.0 written over y
+    return b if b.dtype == x.dtype else b.to(x.dtype)
 
 
 def _bwd_torch(x, theta, scale, g, rho):
-    d = x.float() - _view(theta, x)
-    y = d * _view(scale, x)
-    gw = torch.where((y > -rho) & (y < 1), g.float(), 0.0)
-    gx = gw * _view(scale, x)
+    # The window as a float 1/0 mask from in-place comparisons (on CPU a bool mask, and torch.where on it, cost 5-20×
+    # a float multiply), and g·window like the reference's backward (the same product, also for a non-finite g).
+    cd = _cdt(x)
+    s = _view(scale, x, cd)
+    d = torch.sub(x.to(cd), _view(theta, x, cd))
+    y = d * s
+    gw = torch.clone(y).gt_(-rho)                            # 1.0 where y > −ρ
+    gw.mul_(y.lt_(1)).mul_(g)                                # · 1[y < 1] · g
+    gx = gw * s
     dims = _dims(x)
-    dtheta, dscale = -gx.sum(dims), (gw * d).sum(dims)
+    dtheta, dscale = gx.sum(dims).neg_(), gw.mul_(d).sum(dims)
     if theta.numel() == 1:
         dtheta, dscale = dtheta.sum().view(1), dscale.sum().view(1)
-    return gx.to(x.dtype), dtheta, dscale
+    return gx if gx.dtype == x.dtype else gx.to(x.dtype), dtheta, dscale
 
 
 # ---------------------------------------------------------------------------------------------- the Triton path

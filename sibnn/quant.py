@@ -187,8 +187,8 @@ class SiBinarize(nn.Module):
     ``per_layer=True`` is the ablation with one θ and one s shared by the whole layer. ``fused=True`` computes the
     same function as ``si_binarize`` in one fused autograd op (``sibnn.fused``: Triton on CUDA, a few torch ops on
     CPU), bit-identical forward, gradients equal to float rounding; False runs the reference; None (default) the
-    fused op on CUDA when Triton is there, the reference elsewhere (on CPU the two measure the same, see
-    docs/benchmarks.md).
+    fused op on the CPU (its torch path is the faster one there) and on CUDA when Triton is there, the reference
+    elsewhere (measured in docs/benchmarks.md).
     """
 
     fused: bool | None = None   # [choice] a faster kernel for the same rule; per instance or class-wide
@@ -207,10 +207,10 @@ class SiBinarize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.per_layer and x.shape[1] != self.channels:
             raise ValueError(f"SiBinarize({self.channels}) got {x.shape[1]} channels")
-        if self.fused or (self.fused is None and x.is_cuda):
+        if self.fused is not False:
             from sibnn.fused import HAVE_TRITON, si_binarize_fused
 
-            if self.fused or HAVE_TRITON:
+            if self.fused or x.device.type == "cpu" or (x.is_cuda and HAVE_TRITON):
                 return si_binarize_fused(x, self.theta, self.scale, self.rho)
         return si_binarize(x, self.theta, self.scale, self.rho)
 

@@ -87,7 +87,7 @@ def test_sibinarize_module_runs_the_fused_op_and_agrees_with_the_reference_modul
     torch.manual_seed(0)
     x = torch.randn(4, 6, 5, 5)
     fused, ref = SiBinarize(6), SiBinarize(6)
-    assert fused.fused is None   # auto: the fused op on CUDA with Triton, the reference on CPU
+    assert fused.fused is None   # auto: the fused op on the CPU and on CUDA with Triton, the reference elsewhere
     calls = []
     monkeypatch.setattr(sibnn.fused._SiBinarize, "apply", lambda *a, f=sibnn.fused._SiBinarize.apply: (
         calls.append(1), f(*a))[1])
@@ -107,6 +107,20 @@ def test_sibinarize_module_runs_the_fused_op_and_agrees_with_the_reference_modul
     for a, b in zip(outs[0][1:], outs[1][1:]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(outs[1][0], si_binarize(x, ref.theta, ref.scale, ref.rho).detach())
+
+
+def test_sibinarize_auto_runs_the_fused_op_on_cpu_and_the_reference_when_told(monkeypatch):
+    import sibnn.fused
+
+    calls = []
+    monkeypatch.setattr(sibnn.fused._SiBinarize, "apply", lambda *a, f=sibnn.fused._SiBinarize.apply: (
+        calls.append(1), f(*a))[1])
+    m, x = SiBinarize(4), torch.randn(2, 4, 3, 3)
+    assert m.fused is None
+    auto = m(x)
+    assert calls == [1]          # auto on the CPU: the fused op (measured faster there, docs/benchmarks.md)
+    m.fused = False
+    assert torch.equal(m(x), auto) and calls == [1]   # the reference, named by fused=False: same values
 
 
 def test_fused_op_compiles_into_one_graph_with_its_backward():
