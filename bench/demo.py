@@ -24,13 +24,19 @@ from pathlib import Path
 from service.stack import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
-SERVERS = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "mlflow", "service.app", "jobs.run",
-           "sibnn demo", "ray start")
+SERVERS = ("dashboard", "log_monitor", "monitor.py", "mlflow", "service.app", "jobs.run", "sibnn demo", "ray start")
 
 
 def _kind(cmd: str) -> str:
+    """A Ray worker process is named after its actor (``ray::ImplicitFunc.train`` -> ``ray::ImplicitFunc``) once
+    it holds one, ``default_worker`` before that (its command line also names the raylet: match programs first)."""
     if cmd.startswith("ray::"):
-        return cmd.split()[0].split(".")[0]  # ray::ImplicitFunc.train -> ray::ImplicitFunc
+        return cmd.split()[0].split(".")[0]
+    program = Path(cmd.split()[0]).name if cmd else ""
+    if program in ("raylet", "gcs_server"):
+        return program
+    if "default_worker.py" in cmd:
+        return "ray worker (before its actor)"
     for name in SERVERS:
         if name in cmd:
             return name
@@ -60,7 +66,7 @@ def sample(stop: threading.Event, seen: dict) -> None:
                 seen[pid] = [_kind(cmd) if cmd else "?", cpu if first else 0.0, cpu]
             else:
                 seen[pid][2] = cpu
-                if cmd and seen[pid][0] == "?":
+                if cmd:  # a Ray worker takes its actor's name after it starts
                     seen[pid][0] = _kind(cmd)
         first = False
         stop.wait(0.5)

@@ -155,7 +155,8 @@ class RayHead:
 
 
 # Ray Train settings for a cluster that is one machine (every Ray process inherits the head's environment; Train
-# passes these on to its controllers). Ray's documented variables (ray.train.v2._internal.constants):
+# passes these on to its controllers); Ray Train's environment variables, defined in
+# ray.train.v2._internal.constants:
 # - no preemption watcher: it watches for nodes being drained (spot instances, autoscaler scale-down); a lone
 #   local head is never drained, and the watcher is one more actor process per trial;
 # - the controller polls its workers every 1 s instead of 2 s: a trial's reports and its end are seen sooner
@@ -351,7 +352,7 @@ class StackInfo:
 
 
 class Stack:
-    """Ray head + MLflow + API, started concurrently, stopped in reverse order.
+    """Ray head + MLflow + API, started concurrently; stopped API first, then MLflow and the Ray head together.
 
     Supervised (``supervise``, called in a loop by ``sibnn up``): a crashed API or MLflow is restarted on the same
     port with back-off (``RESTART_BACKOFF_S``; reset after ``STABLE_S`` up), each exit and restart logged to the
