@@ -310,7 +310,11 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search([t.model_dump() for t in trials])},
+            # reuse_actors: a finished trial's driver-function actor runs the next trial (Tune's reset_config),
+            # instead of a new process importing torch, Ray Train and MLflow again; every trial asks for the same
+            # resources, so any slot fits any trial.
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials(spec, resources),
+                                        reuse_actors=True,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=TUNE_MAX_FAILURES)),

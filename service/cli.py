@@ -403,6 +403,9 @@ def table(name: str = typer.Argument("paper-comparison", help="paper-comparison 
         _print_table(_api(url, token).table(name, experiment_id))
 
 
+DEMO_POLL_S = 1.0  # `sibnn demo`: how often the CLI polls the API and the API polls Ray (default 2 s)
+
+
 @app.command()
 def demo(port: int = typer.Option(8000, help="API port"),
          preset: str = typer.Option("mnist5k", help="the preset to run (mnist5k: real MNIST digits; digits: 8×8)"),
@@ -421,7 +424,10 @@ def demo(port: int = typer.Option(8000, help="API port"),
         _fail(f"preset {preset!r} needs a dataset folder; `sibnn demo` runs the embedded presets (mnist5k, digits)")
     state = (state or home()).expanduser().resolve()
     try:
-        stack, info = _start_stack(state, port, None, "127.0.0.1", None)
+        # The demo's own stack, watched by one client: the API reconciles with Ray every DEMO_POLL_S (default
+        # 2 s), so the end of the run is seen within a poll.
+        stack, info = _start_stack(state, port, None, "127.0.0.1", None,
+                                   settings={"SIBNN_RECONCILE_INTERVAL_S": str(DEMO_POLL_S)})
     except (RuntimeError, TimeoutError, OSError) as e:
         _fail(str(e))
     code = 1
@@ -436,7 +442,7 @@ def demo(port: int = typer.Option(8000, help="API port"),
         exp = api.submit(spec, idempotency_key=str(uuid.uuid4()))
         console.print(f"submitted [bold]{exp['id']}[/bold]: {spec['name']} ({exp['n_trials']} trials, "
                       f"{spec['recipe']['epochs']} epochs)")
-        final = watch(api, exp["id"])
+        final = watch(api, exp["id"], poll_s=DEMO_POLL_S)
         exp = api.get(exp["id"])
         _print_results(api, exp["id"])
         _print_table(api.table("paper-comparison", [exp["id"]]))

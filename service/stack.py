@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,6 +154,16 @@ class RayHead:
         self.server.stop(timeout=5)
 
 
+# Ray Train settings for a cluster that is one machine (every Ray process inherits the head's environment; Train
+# passes these on to its controllers); Ray Train's environment variables, defined in
+# ray.train.v2._internal.constants:
+# - no preemption watcher: it watches for nodes being drained (spot instances, autoscaler scale-down); a lone
+#   local head is never drained, and the watcher is one more actor process per trial;
+# - the controller polls its workers every 1 s instead of 2 s: a trial's reports and its end are seen sooner
+#   (on a loopback cluster a poll is a local call).
+SINGLE_NODE_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1"}
+
+
 def start_ray_head(state_dir: Path, token: str | None = None, num_cpus: int | None = None,
                    ports: dict | None = None, wait: bool = True, timeout: float = 120,
                    extra_env: dict | None = None) -> RayHead:
@@ -166,7 +177,8 @@ def start_ray_head(state_dir: Path, token: str | None = None, num_cpus: int | No
     Ray's GCS, raylet (node and object manager), agents and metrics bind to the node address when it is 127.0.0.1;
     the dashboard has ``--dashboard-host 127.0.0.1``. ``tests/service/test_stack_supervision.py`` lists the
     listening sockets. The head declares ``TRAIN_DRIVER_RESOURCE`` (jobs.sweep pins Tune's driver functions to it)
-    and gets ``extra_env`` (the user's ``SIBNN_*`` settings, e.g. ``SIBNN_MAX_CLUSTER_GPUS``, read by the jobs)."""
+    and gets ``extra_env`` (the user's ``SIBNN_*`` settings, e.g. ``SIBNN_MAX_CLUSTER_GPUS``, read by the jobs)
+    and ``SINGLE_NODE_TRAIN_ENV``."""
     token = token or secrets.token_hex(32)
     names = ("gcs", "dashboard", "client_server", "agent_listen", "agent_grpc", "metrics_export", "runtime_env",
              "node_manager", "object_manager")
@@ -182,8 +194,8 @@ def start_ray_head(state_dir: Path, token: str | None = None, num_cpus: int | No
            "--temp-dir", str(temp_dir), "--resources", json.dumps({DRIVER_RESOURCE: 1})]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
-    env = _clean_env(**(extra_env or {}), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-                     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env = _clean_env(**{**SINGLE_NODE_TRAIN_ENV, **(extra_env or {})}, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+                     RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     server = spawn("ray head", cmd, Path(state_dir) / "logs" / "ray-head.log", env)
     head = RayHead(server, f"127.0.0.1:{ports['gcs']}", f"http://127.0.0.1:{ports['dashboard']}", token, temp_dir,
                    ports)
@@ -340,7 +352,7 @@ class StackInfo:
 
 
 class Stack:
-    """Ray head + MLflow + API, started in that order (Ray and MLflow concurrently), stopped in reverse.
+    """Ray head + MLflow + API, started concurrently; stopped API first, then MLflow and the Ray head together.
 
     Supervised (``supervise``, called in a loop by ``sibnn up``): a crashed API or MLflow is restarted on the same
     port with back-off (``RESTART_BACKOFF_S``; reset after ``STABLE_S`` up), each exit and restart logged to the
@@ -372,17 +384,20 @@ class Stack:
         api_token = self.settings.get("SIBNN_API_TOKEN") or _read_or_make_secret(api_token_file)
         self.mlflow_port = self.mlflow_port or free_port()
         try:
-            self.say("starting the Ray head (token auth) and the MLflow server…")
+            # All three at once: every address is chosen before anything starts, and the API needs neither Ray
+            # nor MLflow to come up (its reconciler retries until they answer). Start-up is import-bound, so the
+            # three share the cores instead of queueing.
+            self.say("starting the Ray head (token auth), the MLflow server and the API…")
             self.ray = start_ray_head(self.home, token=ray_token, num_cpus=self.num_cpus, wait=False,
                                       extra_env=self.settings)
             self.mlflow = start_mlflow(self.home, port=self.mlflow_port, wait=False)
-            wait_http(self.mlflow.server, f"{self.mlflow.url}/health", 180)
-            wait_ray(self.ray, 180)
-            self.say(f"Ray {self.ray.dashboard_url} · MLflow {self.mlflow.url}; starting the API…")
             wiring = api_env(home=self.home, ray=self.ray, mlflow_url=self.mlflow.url, api_token=api_token,
                              storage_path=None if "SIBNN_STORAGE_PATH" in self.settings else self.home / "runs")
             self._api_env = {**self.settings, **wiring}
-            self.api = start_api(self._api_env, self.api_port, self.host)
+            self.api = start_api(self._api_env, self.api_port, self.host, wait=False)
+            wait_http(self.api, f"http://{self.host}:{self.api_port}/healthz", 180)
+            wait_http(self.mlflow.server, f"{self.mlflow.url}/health", 180)
+            wait_ray(self.ray, 180)
         except BaseException:
             self.stop()
             raise
@@ -443,12 +458,16 @@ class Stack:
         return None
 
     def stop(self) -> None:
+        """The API first (nothing reconciles against a half-stopped stack), then MLflow and the Ray head at once:
+        each waits out its own grace period, and neither needs the other to stop."""
         if self.api is not None:
             self.api.stop(timeout=10)
-        if self.mlflow is not None:
-            self.mlflow.stop()
-        if self.ray is not None:
-            stop_ray_head(self.ray)
+        others = [threading.Thread(target=fn, args=args) for fn, args in
+                  ((MlflowServer.stop, (self.mlflow,)), (stop_ray_head, (self.ray,))) if args[0] is not None]
+        for t in others:
+            t.start()
+        for t in others:
+            t.join()
         (self.home / STATE_FILE).unlink(missing_ok=True)
 
     def __enter__(self):

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.stack import free_port
+from service.stack import SINGLE_NODE_TRAIN_ENV, free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -170,6 +170,8 @@ def test_sibnn_settings_reach_the_api_and_the_ray_head(up):
     for name in ("api", "ray"):
         environ = Path(f"/proc/{state['pids'][name]}/environ").read_bytes().split(b"\0")
         assert b"SIBNN_MAX_CLUSTER_GPUS=4" in environ, name
+        if name == "ray":  # the single-machine Ray Train settings (stack.SINGLE_NODE_TRAIN_ENV)
+            assert {f"{k}={v}".encode() for k, v in SINGLE_NODE_TRAIN_ENV.items()} <= set(environ)
     api_env = Path(f"/proc/{state['pids']['api']}/environ").read_bytes().split(b"\0")
     assert b"SIBNN_MAX_ACTIVE_EXPERIMENTS=3" in api_env
     assert f"SIBNN_HOME={up['home']}".encode() in api_env
