@@ -42,9 +42,8 @@ TAG_NOTE = "mlflow.note.content"  # the description the UI shows for an experime
 # Per-epoch metrics of a trial run (step = epoch); per-layer sparsity is logged as "sparsity/<layer>".
 EPOCH_METRICS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "sparsity_mean",
                  "theta_mean", "delta_mean", "images_per_s", "epoch_seconds")
-# Written once at the end of a trial.
-FINAL_METRICS = ("best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5", "wall_time_s",
-                 "packed_bytes", "fp32_bytes", "packed_file_bytes", "packed_latency_ms")
+# Written once at the end of a trial (read by result_row): best_val_top1/5, final_val_top1/5, wall_time_s,
+# packed_bytes, fp32_bytes, packed_file_bytes, packed_latency_ms.
 
 
 def experiment_name(experiment_id: str) -> str:

@@ -63,7 +63,8 @@ class Context:
     ray: RayJobs = field(init=False)
     store: Store = field(init=False)
     # Per-trial state from MLflow, per experiment for ``trials_cache_s``: many clients polling one experiment cost
-    # one MLflow query a second.
+    # one MLflow query a second. A lock, no condition: requests never wait on another's MLflow call (a hung MLflow
+    # would hold every waiting request's thread); the call gate refuses the extra calls at once instead.
     trials_cache: cachetools.TTLCache = field(init=False)
     trials_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 

@@ -45,10 +45,6 @@ def problem_response(request: Request, status: int, title: str, detail: str | No
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def field_errors(errors: list[tuple[str, str]]) -> list[dict]:
-    return [{"field": loc, "message": msg} for loc, msg in errors]
-
-
 def _loc(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] == "body":
