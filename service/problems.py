@@ -1,4 +1,7 @@
-"""Errors as RFC 9457 problem details (``application/problem+json``): one clear message, never a stack trace."""
+"""Errors as RFC 9457 problem details (``application/problem+json``): one clear message, never a stack trace.
+
+The one place where the domain's refusals (``service.errors``) get their HTTP status (``STATUS``); an exception
+that is none of them is a bug: logged with its stack, answered 500."""
 from __future__ import annotations
 
 import logging
@@ -9,12 +12,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.errors import Conflict, DependencyUnavailable, DomainError, InvalidInput, LimitReached, NotFound
+
 log = logging.getLogger("service")
 PROBLEM_JSON = "application/problem+json"
 
 
+STATUS: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, InvalidInput: 422, LimitReached: 429,
+                                        DependencyUnavailable: 503}
+
+
+def status_of(exc: DomainError) -> int:
+    return next(STATUS[k] for k in type(exc).__mro__ if k in STATUS)
+
+
 class Problem(Exception):
-    """Raise anywhere in a request: becomes a problem-details answer."""
+    """Raise in HTTP-layer code (routes, dependencies): becomes a problem-details answer as it is."""
 
     def __init__(self, status: int, detail: str, *, title: str | None = None, errors: list[dict] | None = None,
                  headers: dict | None = None, **extra):
@@ -32,10 +45,6 @@ def problem_response(request: Request, status: int, title: str, detail: str | No
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def field_errors(errors: list[tuple[str, str]]) -> list[dict]:
-    return [{"field": loc, "message": msg} for loc, msg in errors]
-
-
 def _loc(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] == "body":
@@ -48,6 +57,14 @@ def install(app: FastAPI) -> None:
     async def _problem(request: Request, exc: Problem):
         return problem_response(request, exc.status, exc.title, exc.detail, errors=exc.errors, headers=exc.headers,
                                 **exc.extra)
+
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError):
+        status = status_of(exc)
+        errors = [{"field": exc.field, "message": exc.message}] if isinstance(exc, InvalidInput) else None
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return problem_response(request, status, exc.title or HTTPStatus(status).phrase, exc.detail, errors=errors,
+                                headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from jobs.spec import ExperimentSpec
+from service.errors import DependencyUnavailable
 from service.settings import Settings
 
 
@@ -34,7 +35,7 @@ def clean_message(text: str | None, limit: int = REASON_CHARS) -> str | None:
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(DependencyUnavailable):
     """The Ray cluster cannot be reached or refuses the token; the message names the address."""
 
 

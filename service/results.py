@@ -47,10 +47,6 @@ COMPARISON_NOTE = ("Paper numbers are ImageNet top-1/top-5 (%, single centre cro
                    "for Si-BNN on ImageNet. Other rows have no published counterpart.")
 
 
-def mlflow_client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
-
-
 # MLflow 3's UI (a hash router) shows its GenAI view unless the route carries the training workflow type; it reads
 # ``workflowType`` from the query after the route (``#/experiments/1?workflowType=machine_learning``).
 ML_WORKFLOW = "?workflowType=machine_learning"

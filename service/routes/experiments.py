@@ -4,18 +4,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from sqlalchemy import func, select
 
 from jobs.presets import PRESETS
 from jobs.spec import ExperimentSpec
 from service import db
-from service.db import Experiment
-from service.deps import get_ctx, require_token
-from service.experiments import (Context, MlflowUnavailable, cancel_experiment, create_experiment, describe,
-                                 get_or_404)
-from service.problems import Problem
+from service.deps import WRITE, CtxDep
+from service.errors import NotFound
+from service.experiments import Context, cancel_experiment, create_experiment, describe, find
 from service.ray_jobs import JobNotFound, RayUnavailable
 from service.results import results_rows
 from service.schemas import Experiment as ExperimentOut
@@ -26,12 +23,12 @@ ExperimentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za
 READ = problems(401, 422, 500)  # every read: the token when reads are closed, bad parameters, the guard
 
 
-@router.post("", status_code=202, dependencies=[Depends(require_token)], response_model=ExperimentOut,
+@router.post("", status_code=202, dependencies=[WRITE], response_model=ExperimentOut,
              response_model_exclude_unset=True,
              responses=problems(401, 409, 413, 415, 422, 429, 500, 503))
 def create(spec: Annotated[ExperimentSpec, Body(openapi_examples={
                "digits": {"summary": "the embedded digits sweep", "value": PRESETS["digits"]}})],
-           response: Response, ctx: Context = Depends(get_ctx),
+           response: Response, ctx: CtxDep,
            idempotency_key: Annotated[str | None,
                                       Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None):
     """Validate the spec, register it in MLflow and submit it to Ray; 202 with ``Location``.
@@ -42,23 +39,16 @@ def create(spec: Annotated[ExperimentSpec, Body(openapi_examples={
     response.headers["Location"] = f"/experiments/{exp.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    with ctx.sessions() as s:
-        return describe(ctx, s.get(Experiment, exp.id))
+    return describe(ctx, exp)
 
 
 @router.get("", response_model=ExperimentPage, response_model_exclude_unset=True, responses=READ)
-def list_experiments(ctx: Context = Depends(get_ctx), status: ExperimentStatus | None = None,
+def list_experiments(ctx: CtxDep, status: ExperimentStatus | None = None,
                      limit: Annotated[int, Query(ge=1, le=500)] = 50,
                      offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0):
-    with ctx.sessions() as s:
-        q = select(Experiment)
-        n = select(func.count()).select_from(Experiment)
-        if status is not None:
-            q, n = q.where(Experiment.status == status), n.where(Experiment.status == status)
-        total = s.scalar(n)
-        items = s.scalars(q.order_by(Experiment.created_at.desc(), Experiment.id).offset(offset).limit(limit)).all()
-        out = {"items": [describe(ctx, e) for e in items], "total": total, "limit": limit, "offset": offset,
-               "next": None}
+    total, items = ctx.store.page(status, limit, offset)
+    out = {"items": [describe(ctx, e) for e in items], "total": total, "limit": limit, "offset": offset,
+           "next": None}
     if offset + limit < total:
         out["next"] = f"/experiments?limit={limit}&offset={offset + limit}" + (f"&status={status}" if status else "")
     return out
@@ -66,28 +56,26 @@ def list_experiments(ctx: Context = Depends(get_ctx), status: ExperimentStatus |
 
 @router.get("/{experiment_id}", response_model=ExperimentDetail, response_model_exclude_unset=True,
             responses={**READ, **problems(404)})
-def get(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
+def get(experiment_id: ExperimentId, ctx: CtxDep):
     """Status (with the reason), attempts, and per trial: state, epoch, latest metrics, MLflow links."""
-    with ctx.sessions() as s:
-        return describe(ctx, get_or_404(s, experiment_id), trials=True)
+    return describe(ctx, find(ctx, experiment_id), trials=True)
 
 
-@router.delete("/{experiment_id}", status_code=202, dependencies=[Depends(require_token)],
+@router.delete("/{experiment_id}", status_code=202, dependencies=[WRITE],
                response_model=ExperimentOut, response_model_exclude_unset=True,
                responses=problems(401, 404, 409, 413, 415, 422, 500, 503))
-def cancel(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
+def cancel(experiment_id: ExperimentId, ctx: CtxDep):
     """Cancel: stop the Ray job (its MLflow runs are marked KILLED, checkpoints kept) → CANCELLED."""
     exp = cancel_experiment(ctx, experiment_id)
     return describe(ctx, exp)
 
 
 def _submission(ctx: Context, experiment_id: str, attempt: int | None) -> str:
-    with ctx.sessions() as s:
-        exp = get_or_404(s, experiment_id)
-        n = exp.attempt if attempt is None else attempt
-        if not 1 <= n <= exp.attempt:
-            raise Problem(404, f"experiment {experiment_id} has attempts 1..{exp.attempt}, not {n}")
-        return db.submission_id(experiment_id, n)
+    exp = find(ctx, experiment_id)
+    n = exp.attempt if attempt is None else attempt
+    if not 1 <= n <= exp.attempt:
+        raise NotFound(f"experiment {experiment_id} has attempts 1..{exp.attempt}, not {n}")
+    return db.submission_id(experiment_id, n)
 
 
 def _logs(ctx: Context, sid: str) -> str:
@@ -95,8 +83,6 @@ def _logs(ctx: Context, sid: str) -> str:
         return ctx.ray.logs(sid)
     except JobNotFound:
         return ""
-    except RayUnavailable as e:
-        raise Problem(503, str(e), title="Dependency unavailable") from None
 
 
 def _tail(text: str, n: int) -> str:
@@ -108,7 +94,7 @@ def _tail(text: str, n: int) -> str:
             responses={200: {"description": "the log as text; with ``follow=true`` streamed until the job ends",
                              "content": {"text/plain": {"schema": {"type": "string"}}}},
                        **READ, **problems(404, 503)})
-def logs(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx),
+def logs(experiment_id: ExperimentId, ctx: CtxDep,
          tail: Annotated[int, Query(ge=0, le=100_000, description="last N lines (0: all)")] = 200,
          follow: Annotated[bool, Query(description="stream until the job ends")] = False,
          attempt: Annotated[int | None, Query(ge=1, le=1000)] = None):
@@ -135,14 +121,9 @@ def logs(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx),
 
 @router.get("/{experiment_id}/results", response_model=Results, response_model_exclude_unset=True,
             responses={**READ, **problems(404, 503)})
-def results(experiment_id: ExperimentId, ctx: Context = Depends(get_ctx)):
+def results(experiment_id: ExperimentId, ctx: CtxDep):
     """One row per trial: arch, binarizer, ρ, seed, final and best top-1/top-5, sparsity, epochs, wall time,
     images/s, MLflow link, and for Si-BNN trials the bit-packed CPU model's file size and batch-1 latency."""
-    with ctx.sessions() as s:
-        exp = get_or_404(s, experiment_id)
-        status = exp.status
-    try:
-        rows = ctx.mlflow_call(results_rows, experiment_id, ctx.settings.mlflow_ui)
-    except MlflowUnavailable as e:
-        raise Problem(503, str(e), title="Dependency unavailable") from None
+    status = find(ctx, experiment_id).status
+    rows = ctx.mlflow_call(results_rows, experiment_id, ctx.settings.mlflow_ui)
     return {"experiment_id": experiment_id, "status": status, "rows": rows}

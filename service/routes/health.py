@@ -4,12 +4,11 @@ from __future__ import annotations
 import time
 
 import httpx
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from service.deps import get_ctx
-from service.experiments import Context
+from service.deps import CtxDep
 from service.ray_jobs import RayUnavailable
 from service.schemas import Health, Readiness, problems
 
@@ -33,7 +32,7 @@ def _timed(fn):
 
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "a dependency is not ready"}, **problems(500)})
-def readyz(ctx: Context = Depends(get_ctx)):
+def readyz(ctx: CtxDep):
     s = ctx.settings
 
     def database():

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from service.deps import get_ctx
-from service.experiments import Context, MlflowUnavailable
-from service.problems import Problem
+from service.deps import CtxDep
 from service.results import paper_comparison, rho_ablation
 from service.schemas import PaperComparisonTable, RhoAblationTable, problems
 
@@ -16,24 +14,17 @@ Filter = Annotated[list[str] | None, Query(description="only these experiments (
                                            max_length=100)]
 
 
-def _table(ctx: Context, fn, experiment_id):
-    try:
-        return ctx.mlflow_call(fn, experiment_id or None)
-    except MlflowUnavailable as e:
-        raise Problem(503, str(e), title="Dependency unavailable") from None
-
-
 TABLE = problems(401, 422, 500, 503)
 
 
 @router.get("/rho-ablation", response_model=RhoAblationTable, response_model_exclude_unset=True, responses=TABLE)
-def rho_table(ctx: Context = Depends(get_ctx), experiment_id: Filter = None):
+def rho_table(ctx: CtxDep, experiment_id: Filter = None):
     """AAAI Table 2's shape: Si-BNN top-1 against ρ, per dataset and architecture."""
-    return _table(ctx, rho_ablation, experiment_id)
+    return ctx.mlflow_call(rho_ablation, experiment_id or None)
 
 
 @router.get("/paper-comparison", response_model=PaperComparisonTable, response_model_exclude_unset=True,
             responses=TABLE)
-def comparison_table(ctx: Context = Depends(get_ctx), experiment_id: Filter = None):
+def comparison_table(ctx: CtxDep, experiment_id: Filter = None):
     """Si-BNN vs sign-BNN vs full precision per architecture, with METHOD.md §5's numbers beside them."""
-    return _table(ctx, paper_comparison, experiment_id)
+    return ctx.mlflow_call(paper_comparison, experiment_id or None)
