@@ -7,6 +7,7 @@ and imports no torch.
 from __future__ import annotations
 
 from sibnn import catalog
+from sibnn.catalog import BINARIZER_NAMES  # noqa: F401  (the binarizers /models/{name} accepts)
 
 
 def info(name: str) -> dict:

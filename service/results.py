@@ -10,8 +10,7 @@ from collections import defaultdict
 from mlflow.tracking import MlflowClient
 
 from jobs import tracking
-from jobs.spec import ExperimentSpec
-from sibnn.catalog import BINARIZER_NAMES, BINARIZERS, takes_rho
+from jobs.spec import BINARIZER_NAMES, ExperimentSpec, takes_rho  # sibnn.catalog's, as the spec validates them
 
 # METHOD.md §5: ImageNet top-1 / top-5 (%) of Si-BNN as published. Keyed by (arch, recipe name). ``top5_approx``:
 # the top-5 is read off a figure, not stated. The AAAI paper has no ResNet-50 number: 68.3 is the journal's, so it
@@ -175,7 +174,7 @@ def _rho_sort(r):
 
 def rho_ablation(c: MlflowClient, experiment_ids: list[str] | None = None) -> dict:
     """AAAI Table 2's shape: top-1 against ρ per (dataset, architecture), Si-BNN trials, mean ± std over seeds."""
-    rows = [r for r in _finished(c, experiment_ids) if r["binarizer"] in BINARIZERS and takes_rho(r["binarizer"])]
+    rows = [r for r in _finished(c, experiment_ids) if r["binarizer"] in BINARIZER_NAMES and takes_rho(r["binarizer"])]
     table = []
     for g in _aggregate(rows, lambda r: (r["dataset"], r["arch"], r["binarizer"], r["rho"])):
         dataset, arch, binarizer, rho = g.pop("key")

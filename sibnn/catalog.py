@@ -103,14 +103,6 @@ class Model:
     description: str
     flat_input: bool = False  # an MLP: its first layer's width depends on the input's pixel count
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return DATASETS[self.dataset].mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return DATASETS[self.dataset].std
-
 
 MODELS: dict[str, Model] = {m.name: m for m in (
     Model("alexnet", "imagenet", 227, 3, 1000,

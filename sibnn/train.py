@@ -33,7 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--policy", default="paper", choices=catalog.POLICIES, help="ImageNet augmentation policy")
     p.add_argument("--image-size", type=int, default=None, help="ImageNet crop size (default: the arch's, 224/227)")
     p.add_argument("--arch", default=None, help="model name (see --list-models); default: the dataset's usual one")
-    p.add_argument("--binarizer", default="sibnn", choices=catalog.BINARIZER_NAMES)
+    p.add_argument("--binarizer", default="sibnn", choices=catalog.BINARIZER_NAMES,
+                   help="; ".join(f"{b.name}: {b.description}" for b in catalog.BINARIZERS.values()))
     p.add_argument("--rho", type=float, default=catalog.RHO_DEFAULT)
     p.add_argument("--recipe", default="aaai", choices=sorted(RECIPES))
     p.add_argument("--weight-grad", default="authors", choices=catalog.WEIGHT_GRADS,

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Path, Query
 from service import catalog
 from service.problems import Problem
 from service.schemas import ModelDetail, ModelList, problems
-from sibnn.catalog import BINARIZER_NAMES
 
 router = APIRouter(prefix="/models", tags=["models"])
-Binarizer = Literal[BINARIZER_NAMES]
+Binarizer = Literal[catalog.BINARIZER_NAMES]
 
 
 @router.get("", response_model=ModelList, response_model_exclude_unset=True, responses=problems(401, 422, 500))

@@ -13,7 +13,6 @@ binary weights 64 to a word (``export.py``); ``runtime.PackedModel`` runs the pr
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 import torch
 from torch import nn
