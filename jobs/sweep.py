@@ -24,6 +24,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from jobs import tracking
 from jobs.spec import ExperimentSpec, TrialSpec
 from jobs.train_loop import CHECKPOINT_FILE, train_loop_per_worker
+from sibnn.catalog import binarizer_info
+from sibnn.trial import input_shape, model_from_checkpoint
 
 DRIVER_CPU = 0.01  # a Tune driver function only waits on its trainer; a whole CPU each would deadlock small boxes
 # Ray's Tune-over-Train guide: driver functions run on a "safe" node that declares a custom resource (the head in
@@ -171,31 +173,19 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
         cfg = ckpt["config"]
         model = model_from_checkpoint(ckpt)
         _log_checkpoint(client, run_id, ckpt)
-        size = _input_size(spec, trial)
-        summary = summarize(model, (1, cfg.get("in_channels", 3), size, size))
+        shape = (1, *input_shape(cfg))  # as the trial trained it
+        summary = summarize(model, shape)
         client.log_text(run_id, str(summary), "model_summary.txt")
         client.log_dict(run_id, summary.to_dict(), "model_summary.json")
         final.update(packed_bytes=summary.totals["packed_bytes"], fp32_bytes=summary.totals["fp32_bytes"])
-        if trial.binarizer == "sibnn":
-            final.update(_export_packed(client, run_id, model.eval(), cfg, (1, cfg.get("in_channels", 3), size, size)))
+        if binarizer_info(trial.binarizer).packable:
+            final.update(_export_packed(client, run_id, model, cfg, shape))
     ts = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in final.items()])
     tracking.set_trial_state(client, run_id, "FINISHED")
 
 
 MODEL_STATE = "checkpoint/model_state.pt"  # the trial run's artifact: {"model": state dict, "config": ...}
-
-
-def model_from_checkpoint(ckpt: dict):
-    """The trained model from a checkpoint dict ({"model": state dict, "config": what train_loop wrote})."""
-    from sibnn.models import create_model
-
-    cfg = ckpt["config"]
-    kw = {k: v for k, v in cfg.items() if k in ("in_channels", "input_size")}
-    model = create_model(cfg["arch"], cfg["binarizer"], cfg["rho"] if cfg.get("rho") is not None else 0.3,
-                         cfg["num_classes"], **kw)
-    model.load_state_dict(ckpt["model"])
-    return model
 
 
 def _log_checkpoint(client, run_id: str, ckpt: dict) -> None:
@@ -240,7 +230,7 @@ def log_best_models(client, mlflow_uri: str, rows: list[dict]) -> dict[tuple[str
         with tempfile.TemporaryDirectory() as d:
             ckpt = torch.load(client.download_artifacts(r["run_id"], MODEL_STATE, d), map_location="cpu",
                               weights_only=False)
-        model = model_from_checkpoint(ckpt).eval()
+        model = model_from_checkpoint(ckpt)
         with mlflow.start_run(run_id=r["run_id"]):
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=f"sibnn-{arch}-{binarizer}",
@@ -260,7 +250,7 @@ def checkpoint_uri(checkpoint) -> str:
     return f"{scheme}{checkpoint.path}" if scheme else checkpoint.path
 
 
-def _export_packed(client, run_id: str, model, cfg: dict, input_shape: tuple) -> dict:
+def _export_packed(client, run_id: str, model, cfg: dict, shape: tuple) -> dict:
     """The best checkpoint as a bit-packed CPU model (sibnn.infer, int8 FP layers): the file goes to the trial's
     run, with its size and its median batch-1 latency on this CPU."""
     import tempfile
@@ -271,20 +261,13 @@ def _export_packed(client, run_id: str, model, cfg: dict, input_shape: tuple) ->
     from sibnn.infer.runtime import median_latency
 
     packed = pack_model(model, cfg, fp_dtype="int8")
-    latency = median_latency(packed, torch.randn(input_shape), repeats=5)
+    latency = median_latency(packed, torch.randn(shape), repeats=5)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.sibnn"
         size = packed.save(path)
         client.log_artifact(run_id, str(path))
     client.set_tag(run_id, tracking.TAG_PACKED_ARTIFACT, "model.sibnn")
     return {"packed_file_bytes": size, "packed_latency_ms": 1e3 * latency}
-
-
-def _input_size(spec: ExperimentSpec, trial: TrialSpec) -> int:
-    from sibnn.models import model_info
-
-    small = {"digits": 8, "mnist": 28, "mnist5k": 28, "cifar10": 32}
-    return small.get(spec.dataset.kind) or spec.dataset.image_size or model_info(trial.arch).input_size
 
 
 def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, mlflow_uri: str,

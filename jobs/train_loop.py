@@ -23,21 +23,25 @@ from mlflow.entities import RunTag
 from jobs import tracking
 from jobs.manifest import manifest
 from jobs.spec import ExperimentSpec, TrialSpec
-from sibnn.engine import TrainState, checkpoint_dict, fit, restore_checkpoint, seed_everything
-from sibnn.models import create_model
-from sibnn.recipe import build_optimizer, build_scheduler, get_recipe
-from sibnn.train import build_loaders, model_kwargs
+from sibnn.catalog import RHO_DEFAULT
+from sibnn.engine import TrainState
+from sibnn.trial import TrialConfig, build_trial
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def recipe_for(spec: ExperimentSpec, world_size: int):
-    r = spec.recipe
-    overrides = {"epochs": r.epochs, "batch_size": max(1, r.batch_size // world_size), "lr": r.lr,
-                 "weight_decay": r.weight_decay}
-    if r.milestones is not None:
-        overrides["milestones"] = tuple(r.milestones)
-    return get_recipe(r.name, **overrides)
+def trial_config(spec: ExperimentSpec, trial: TrialSpec, *, data_root: str | None = None,
+                 use_cuda: bool = False) -> TrialConfig:
+    """One grid point of the spec as the library's TrialConfig. AMP, channels-last and compile are GPU-worker
+    options: on CPU workers they are off."""
+    r, ds = spec.recipe, spec.dataset
+    return TrialConfig(
+        dataset=ds.kind, arch=trial.arch, binarizer=trial.binarizer,
+        rho=trial.rho if trial.rho is not None else RHO_DEFAULT, recipe=r.name, epochs=r.epochs,
+        batch_size=r.batch_size, lr=r.lr, weight_decay=r.weight_decay, milestones=r.milestones,
+        weight_grad=r.weight_grad, seed=trial.seed, data_root=data_root or ds.root, data_format=ds.format,
+        policy=ds.policy, image_size=ds.image_size, amp=r.amp and use_cuda,
+        channels_last=r.channels_last and use_cuda, compile=r.compile and use_cuda)
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -59,32 +63,17 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         # GPUs Ray handed out that torch cannot see (a test cluster declaring fake GPUs): train on the CPU
         device = torch.device("cpu")
-    use_cuda = device.type == "cuda"
-    amp = spec.recipe.amp and use_cuda
-    channels_last = spec.recipe.channels_last and use_cuda
-    recipe = recipe_for(spec, world)
-
-    # Same initial weights on every rank (DDP also broadcasts them); the seed also fixes the data order.
-    seed_everything(trial.seed)
-    ds = spec.dataset
-    train, val, num_classes, input_shape = build_loaders(
-        ds.kind if not ds.is_imagenet_format else "imagenet", config.get("data_root") or ds.root,
-        recipe.batch_size, arch=trial.arch, device=device, seed=trial.seed, shard_id=rank, num_shards=world,
-        fmt=ds.format, policy=ds.policy, amp=amp, channels_last=channels_last, image_size=ds.image_size)
-    model = create_model(trial.arch, trial.binarizer, trial.rho if trial.rho is not None else 0.3, num_classes,
-                         weight_grad=spec.recipe.weight_grad, **model_kwargs(trial.arch, input_shape))
-    model = ray.train.torch.prepare_model(model, move_to_device=device)  # DDP when world > 1
-    if spec.recipe.compile and use_cuda:
-        model = torch.compile(model)  # checkpoints unwrap it (sibnn.engine.unwrap)
-    optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, recipe, len(train))
+    cfg = trial_config(spec, trial, data_root=config.get("data_root"), use_cuda=device.type == "cuda")
+    # this rank's shard of the data; the model wrapped for DDP when world > 1
+    t = build_trial(cfg, device=device, shard_id=rank, num_shards=world,
+                    prepare=lambda m: ray.train.torch.prepare_model(m, move_to_device=device))
+    t.extra["trial"] = trial.model_dump()
 
     state = TrainState()
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = restore_checkpoint(torch.load(Path(d) / CHECKPOINT_FILE, map_location=device,
-                                                  weights_only=False), model, optimizer, scheduler)
+            state = t.restore(torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=False))
         # the data order depends on (seed, epoch) only, so the resumed epochs see what they would have seen
         if rank == 0:
             print(f"sibnn: {trial.trial_id} resumes from its checkpoint after epoch {state.epoch}", flush=True)
@@ -110,10 +99,7 @@ def train_loop_per_worker(config: dict) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                torch.save(checkpoint_dict(model, optimizer, scheduler, st,
-                                           {"arch": trial.arch, "binarizer": trial.binarizer, "rho": trial.rho,
-                                            "num_classes": num_classes, "trial": trial.model_dump(),
-                                            **model_kwargs(trial.arch, input_shape)}), Path(d) / CHECKPOINT_FILE)
+                torch.save(t.checkpoint(st), Path(d) / CHECKPOINT_FILE)
                 ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
             # An epoch can run twice: when the cluster dies after MLflow got it but before Train recorded its
             # checkpoint, the resumed run repeats it. MLflow keeps the first; each epoch appears exactly once.
@@ -124,5 +110,4 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(scalars)
         epoch_start[0] = time.perf_counter()
 
-    fit(model, train, val, recipe, device=device, amp=amp, channels_last=channels_last, reduce=_all_reduce_sum,
-        state=state, optimizer=optimizer, scheduler=scheduler, on_epoch=on_epoch)
+    t.fit(state, reduce=_all_reduce_sum, on_epoch=on_epoch)

@@ -10,7 +10,7 @@ from collections import defaultdict
 from mlflow.tracking import MlflowClient
 
 from jobs import tracking
-from jobs.spec import ExperimentSpec
+from jobs.spec import BINARIZER_NAMES, ExperimentSpec, takes_rho  # sibnn.catalog's, as the spec validates them
 
 # METHOD.md §5: ImageNet top-1 / top-5 (%) of Si-BNN as published. Keyed by (arch, recipe name). ``top5_approx``:
 # the top-5 is read off a figure, not stated. The AAAI paper has no ResNet-50 number: 68.3 is the journal's, so it
@@ -170,7 +170,7 @@ def _rho_sort(r):
 
 def rho_ablation(c: MlflowClient, experiment_ids: list[str] | None = None) -> dict:
     """AAAI Table 2's shape: top-1 against ρ per (dataset, architecture), Si-BNN trials, mean ± std over seeds."""
-    rows = [r for r in _finished(c, experiment_ids) if (r["binarizer"] or "").startswith("sibnn")]
+    rows = [r for r in _finished(c, experiment_ids) if r["binarizer"] in BINARIZER_NAMES and takes_rho(r["binarizer"])]
     table = []
     for g in _aggregate(rows, lambda r: (r["dataset"], r["arch"], r["binarizer"], r["rho"])):
         dataset, arch, binarizer, rho = g.pop("key")
@@ -216,7 +216,7 @@ def paper_comparison(c: MlflowClient, experiment_ids: list[str] | None = None) -
                       "paper_top1": paper["top1"] if paper else None, "paper_top5": paper["top5"] if paper else None,
                       "paper_top5_approx": paper["top5_approx"] if paper else None,
                       "paper_source": paper["source"] if paper else None})
-    order = {"sibnn": 0, "sibnn_layer": 1, "sign": 2, "fp": 3}
+    order = {b: i for i, b in enumerate(BINARIZER_NAMES)}
     table.sort(key=lambda r: (r["dataset"] or "", r["arch"] or "", r["recipe"] or "", order.get(r["binarizer"], 9),
                               _rho_sort(r["rho"])))
     return {"table": "paper-comparison", "rows": table, "note": COMPARISON_NOTE,

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sibnn.quant import WEIGHT_GRADS, binarize_weight, make_activation
+from sibnn.catalog import INITS, RHO_DEFAULT, WEIGHT_GRADS
+from sibnn.quant import binarize_weight, make_activation
 
 
 class BinaryLayer(nn.Module):
@@ -37,7 +38,7 @@ class BinaryConv2d(BinaryLayer):
     """binarize(x) → conv(·, α·sign(W)); no bias (a BatchNorm always follows)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 binarizer: str = "sibnn", rho: float = 0.3):
+                 binarizer: str = "sibnn", rho: float = RHO_DEFAULT):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
@@ -58,7 +59,7 @@ class BinaryConv2d(BinaryLayer):
 class BinaryLinear(BinaryLayer):
     """binarize(x) → linear(·, α·sign(W)); no bias (a BatchNorm always follows)."""
 
-    def __init__(self, in_features: int, out_features: int, binarizer: str = "sibnn", rho: float = 0.3):
+    def __init__(self, in_features: int, out_features: int, binarizer: str = "sibnn", rho: float = RHO_DEFAULT):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.binarizer = binarizer
@@ -80,9 +81,6 @@ def init_normal_fan_in_(w: torch.Tensor) -> torch.Tensor:
     fan_in = w[0].numel()
     with torch.no_grad():
         return w.normal_(0.0, 1.0 / fan_in)
-
-
-INITS = ("faithful", "torch")
 
 
 def init_weights_(model: nn.Module, init: str = "faithful") -> nn.Module:

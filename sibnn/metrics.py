@@ -1,8 +1,6 @@
 """Metrics: top-k accuracy, per-layer activation sparsity (the "sparsity" of the paper's title), θ/Δ statistics."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
@@ -65,13 +63,6 @@ class SparsityMeter:
             self.zeros[n], self.total[n] = int(z), int(t)
 
 
-@contextmanager
-def measure_sparsity(model: nn.Module):
-    meter = SparsityMeter(model)
-    with meter:
-        yield meter
-
-
 @torch.no_grad()
 def binarizer_stats(model: nn.Module) -> dict[str, float]:
     """Mean θ and mean Δ = 1/s over every Si-BNN binarizer (empty for sign and FP models)."""
@@ -85,12 +76,3 @@ def binarizer_stats(model: nn.Module) -> dict[str, float]:
     theta, delta = torch.cat(thetas), torch.cat(deltas)
     return {"theta_mean": float(theta.mean()), "theta_std": float(theta.std()) if theta.numel() > 1 else 0.0,
             "delta_mean": float(delta.mean()), "delta_std": float(delta.std()) if delta.numel() > 1 else 0.0}
-
-
-@torch.no_grad()
-def binarizer_stats_per_layer(model: nn.Module) -> dict[str, dict[str, float]]:
-    out = {}
-    for name, layer in binary_layers(model):
-        if isinstance(layer.act, SiBinarize):
-            out[name] = {"theta_mean": float(layer.act.theta.mean()), "delta_mean": float(layer.act.delta.mean())}
-    return out

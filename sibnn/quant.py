@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sibnn.catalog import BINARIZER_NAMES, RHO_DEFAULT, WEIGHT_GRADS
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """float32 for half/bf16 inputs (float64 stays float64): the dtype the binarizer compares in (METHOD.md §4)."""
@@ -58,7 +60,6 @@ def sign_binarize(x: torch.Tensor) -> torch.Tensor:
     return b + (x - x.detach()) * window
 
 
-WEIGHT_GRADS = ("authors", "ste")
 
 
 def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
@@ -196,7 +197,7 @@ class SiBinarize(nn.Module):
 
     fused: bool | None = None   # [choice] a faster kernel for the same rule; per instance or class-wide
 
-    def __init__(self, channels: int, rho: float = 0.3, per_layer: bool = False):
+    def __init__(self, channels: int, rho: float = RHO_DEFAULT, per_layer: bool = False):
         super().__init__()
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"rho must be in [0, 1], got {rho}")
@@ -233,10 +234,10 @@ class SignBinarize(nn.Module):
         return sign_binarize(x)
 
 
-BINARIZERS = ("sibnn", "sign", "fp", "sibnn_layer")
+BINARIZERS = BINARIZER_NAMES  # the table is sibnn.catalog.BINARIZERS
 
 
-def make_activation(binarizer: str, channels: int, rho: float = 0.3) -> nn.Module:
+def make_activation(binarizer: str, channels: int, rho: float = RHO_DEFAULT) -> nn.Module:
     """The input activation of a binary layer for each binarizer choice: Si-BNN, its per-layer ablation, sign, or
     ReLU for the full-precision baseline — interchangeable so tables compare like with like (METHOD.md §1)."""
     if binarizer == "sibnn":

@@ -10,16 +10,15 @@ from service.problems import Problem
 from service.schemas import ModelDetail, ModelList, problems
 
 router = APIRouter(prefix="/models", tags=["models"])
-Binarizer = Literal["sibnn", "sign", "fp", "sibnn_layer"]
+Binarizer = Literal[catalog.BINARIZER_NAMES]
 
 
 @router.get("", response_model=ModelList, response_model_exclude_unset=True, responses=problems(401, 422, 500))
-def list_models(summary: Annotated[bool, Query(description="compute every summary (slow the first time)")] = False):
-    """Every registered architecture; with ``summary=true`` each one's totals (binary/FP params, MACs, size)."""
-    out = []
-    for name in catalog.names():
-        totals = catalog.summary(name)["totals"] if summary else catalog.cached_totals(name)
-        out.append({**catalog.info(name), "summary_totals": totals, "summary_url": f"/models/{name}"})
+def list_models(summary: Annotated[bool, Query(description="kept for compatibility: every model's summary totals "
+                                                           "are always listed (precomputed)")] = False):
+    """Every registered architecture with its summary totals (binary/FP params, MACs, size)."""
+    out = [{**catalog.info(name), "summary_totals": catalog.summary(name)["totals"], "summary_url": f"/models/{name}"}
+           for name in catalog.names()]
     return {"models": out}
 
 

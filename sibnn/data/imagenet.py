@@ -60,15 +60,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sibnn.catalog import DATA_FORMATS, IMAGENET_MEAN, IMAGENET_STD, POLICIES
 from sibnn.data.small import DatasetError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 VAL_RESIZE = 256                     # METHOD.md §4: evaluate on the centre crop of the short-side-256 image
 RRC_AREA = (0.08, 1.0)               # RandomResizedCrop defaults (torchvision, Inception)
 RRC_ASPECT = (3 / 4, 4 / 3)
-POLICIES = ("paper", "rrc")
-FORMATS = ("folder", "webdataset")
+FORMATS = DATA_FORMATS
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 

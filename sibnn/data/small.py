@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sibnn.catalog import DATASETS
+
 
 class DatasetError(RuntimeError):
     """A dataset that cannot be read: the message names the path and what is missing."""
@@ -36,8 +38,8 @@ class SmallDataset:
         return tuple(self.x_train.shape[1:])
 
 
-SMALL_DATASETS = ("digits", "mnist5k", "mnist", "cifar10")
-EMBEDDED_DATASETS = ("digits", "mnist5k")  # shipped inside a Python package: no root, no download
+SMALL_DATASETS = tuple(d.name for d in DATASETS.values() if not d.imagenet_format)
+EMBEDDED_DATASETS = tuple(d.name for d in DATASETS.values() if d.embedded)  # in a Python package: no root
 
 
 def load_small_dataset(name: str, root: str | Path | None = None) -> SmallDataset:
@@ -82,11 +84,11 @@ def _load_digits() -> SmallDataset:
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0   # (1797, 1, 8, 8) in [0, 1]
     y = torch.tensor(d.target, dtype=torch.int64)
     test_mask = stratified_test_mask(y, 0.2)  # 80/20
-    x = (x - 0.3) / 0.4  # roughly zero-mean, unit-variance pixels
+    x = (x - DATASETS["digits"].mean[0]) / DATASETS["digits"].std[0]  # roughly zero-mean, unit-variance pixels
     return SmallDataset("digits", x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], 10)
 
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the full MNIST training set's pixel mean and std (pixels in [0, 1])
+MNIST_MEAN, MNIST_STD = DATASETS["mnist"].mean[0], DATASETS["mnist"].std[0]  # sibnn.catalog's
 
 
 def _load_mnist5k() -> SmallDataset:
@@ -148,8 +150,8 @@ def _load_mnist(root: Path) -> SmallDataset:
                         images(arrays["test_images"]), torch.tensor(arrays["test_labels"], dtype=torch.int64), 10)
 
 
-_CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-_CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+_CIFAR_MEAN = torch.tensor(DATASETS["cifar10"].mean).view(1, 3, 1, 1)
+_CIFAR_STD = torch.tensor(DATASETS["cifar10"].std).view(1, 3, 1, 1)
 
 
 def _load_cifar10(root: Path) -> SmallDataset:

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sibnn.catalog import IMAGENET_MEAN, IMAGENET_STD
 
 _LOW, _HIGH = 20.0, 235.0   # stay clear of 0 and 255 so noise and JPEG ringing are never clipped one-sidedly
 _NOISE = 12                 # ± per-pixel noise amplitude: texture for the codec, averages out over any crop

@@ -13,7 +13,6 @@ binary weights 64 to a word (``export.py``); ``runtime.PackedModel`` runs the pr
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,20 +43,14 @@ def binary_activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def load_checkpoint_model(checkpoint) -> tuple[nn.Module, dict]:
-    """(model in eval mode, config) from a checkpoint path or dict written by ``sibnn.train --save`` / the jobs."""
-    from sibnn.models import create_model
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False) if isinstance(checkpoint, (str, Path)) \
-        else checkpoint
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ExportError(f"{checkpoint}: not a sibnn checkpoint (needs 'model' and 'config' entries)")
-    cfg = dict(ckpt["config"])
-    missing = [k for k in ("arch", "binarizer") if k not in cfg]
-    if missing:
-        raise ExportError(f"checkpoint config lacks {', '.join(missing)}")
-    kw = {k: cfg[k] for k in ("in_channels", "input_size") if k in cfg}
-    model = create_model(cfg["arch"], cfg["binarizer"], cfg.get("rho", 0.3), cfg.get("num_classes"), **kw)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg
+    """(model in eval mode, config) from a checkpoint path or dict written by ``sibnn.train --save`` / the jobs
+    (``sibnn.trial.model_from_checkpoint``)."""
+    from sibnn.trial import CheckpointError, load_checkpoint, model_from_checkpoint
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    return model_from_checkpoint(ckpt), dict(ckpt["config"])
 
 
 def pack_model(model: nn.Module, config: dict | None = None, fp_dtype: str = "float32") -> PackedModel:

@@ -10,17 +10,12 @@ import torch
 
 from sibnn.infer import ExportError, PackedFormatError, PackedModel, export_model, kernels
 from sibnn.infer.runtime import median_latency
-
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+from sibnn.trial import input_shape, training_data
 
 
 def _input_shape(model: PackedModel) -> tuple[int, int]:
-    from sibnn.models import model_info
-    cfg = model.config
-    info = model_info(cfg["arch"]) if "arch" in cfg else None
-    size = cfg.get("input_size") or (info.input_size if info else 224)
-    return cfg.get("in_channels") or (info.in_channels if info else 3), size
+    channels, size, _ = input_shape(model.config)
+    return channels, size
 
 
 def load_inputs(paths: list[str], model: PackedModel) -> torch.Tensor:
@@ -28,10 +23,7 @@ def load_inputs(paths: list[str], model: PackedModel) -> torch.Tensor:
     preprocessed like the model's dataset's evaluation pipeline (ImageNet: short side 256/224·size, centre crop)."""
     import numpy as np
     channels, size = _input_shape(model)
-    dataset = None
-    if "arch" in model.config:
-        from sibnn.models import model_info
-        dataset = model_info(model.config["arch"]).dataset
+    data = training_data(model.config)
     out = []
     for p in paths:
         suffix = Path(p).suffix.lower()
@@ -42,7 +34,7 @@ def load_inputs(paths: list[str], model: PackedModel) -> torch.Tensor:
         else:
             from PIL import Image
             img = Image.open(p).convert("L" if channels == 1 else "RGB")
-            if dataset == "imagenet":
+            if data.imagenet_format:
                 short = round(size * 256 / 224)
                 w, h = img.size
                 img = img.resize((max(short, round(w * short / h)), max(short, round(h * short / w))), Image.BILINEAR)
@@ -53,9 +45,7 @@ def load_inputs(paths: list[str], model: PackedModel) -> torch.Tensor:
                 img = img.resize((size, size), Image.BILINEAR)
             t = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
             t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
-            mean, std = {"imagenet": _IMAGENET, "cifar10": _CIFAR, "mnist": ((0.1307,), (0.3081,))}.get(
-                dataset, ((0.3,) * channels, (0.4,) * channels))  # digits: sibnn.data.small's (x − 0.3) / 0.4
-            t = (t - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+            t = (t - torch.tensor(data.mean).view(-1, 1, 1)) / torch.tensor(data.std).view(-1, 1, 1)
         t = t.float()
         out.append(t.unsqueeze(0) if t.dim() == 3 else t)
     return torch.cat(out)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from sibnn.catalog import RHO_DEFAULT
 from sibnn.layers import BinaryConv2d, BinaryLinear
 from sibnn.models.common import fp_conv, init_fp_layers_
 from sibnn.models.registry import register_model
 
 
 class AlexNet(nn.Module):
-    def __init__(self, binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+    def __init__(self, binarizer="sibnn", rho=RHO_DEFAULT, num_classes=1000, in_channels=3):
         super().__init__()
         b = dict(binarizer=binarizer, rho=rho)
         self.features = nn.Sequential(
@@ -38,7 +39,6 @@ class AlexNet(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-@register_model("alexnet", dataset="imagenet", input_size=227, in_channels=3, num_classes=1000,
-                description="AlexNet (HWGQ layout, pool→BN): 6 binary layers (conv2–5, fc6–7), FP conv1/fc8 (AAAI: 50.5 %)")
-def alexnet(binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+@register_model("alexnet")
+def alexnet(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=1000, in_channels=3):
     return AlexNet(binarizer, rho, num_classes, in_channels)

@@ -1,7 +1,8 @@
 """Model registry: ``create_model("resnet18", binarizer="sibnn", rho=0.3, num_classes=1000)`` (timm-style).
 
 Every builder takes the same keyword arguments, so a sweep over architectures and binarizers is a sweep over
-strings and the service can list what exists.
+strings. The facts about each model (dataset, input size, channels, classes) live in ``sibnn.catalog`` (torch-free,
+what the service and the spec read); registering a builder joins it to its facts.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Callable
 
 from torch import nn
 
-from sibnn.layers import INITS, init_weights_, set_weight_grad_
-from sibnn.quant import BINARIZERS, WEIGHT_GRADS
+from sibnn import catalog
+from sibnn.catalog import BINARIZER_NAMES, INITS, RHO_DEFAULT, WEIGHT_GRADS
+from sibnn.layers import init_weights_, set_weight_grad_
 
 
 @dataclass(frozen=True)
@@ -23,15 +25,27 @@ class ModelInfo:
     in_channels: int
     num_classes: int
     description: str
+    flat_input: bool = False  # an MLP: built for a pixel count (``input_size`` keyword), not only channels
+
+    def input_kwargs(self, input_shape: tuple) -> dict:
+        """The builder's keyword arguments that fit it to an input of shape (C, H, W)."""
+        kw = {"in_channels": input_shape[0]}
+        if self.flat_input:
+            kw["input_size"] = input_shape[1]
+        return kw
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, dataset: str, input_size: int, in_channels: int, num_classes: int,
-                   description: str):
+def register_model(name: str, **facts):
+    """Register ``builder`` under ``name``; the facts (dataset, input_size, in_channels, num_classes, description,
+    flat_input) default to ``sibnn.catalog.MODELS[name]`` and are required for a model the catalog does not know."""
     def wrap(builder):
-        _REGISTRY[name] = ModelInfo(name, builder, dataset, input_size, in_channels, num_classes, description)
+        known = catalog.MODELS.get(name)
+        base = {k: getattr(known, k) for k in ("dataset", "input_size", "in_channels", "num_classes",
+                                               "description", "flat_input")} if known else {}
+        _REGISTRY[name] = ModelInfo(name, builder, **{**base, **facts})
         return builder
     return wrap
 
@@ -47,7 +61,7 @@ def model_info(arch: str) -> ModelInfo:
         raise ValueError(f"unknown arch {arch!r}; available: {', '.join(list_models())}") from None
 
 
-def create_model(arch: str, binarizer: str = "sibnn", rho: float = 0.3, num_classes: int | None = None,
+def create_model(arch: str, binarizer: str = "sibnn", rho: float = RHO_DEFAULT, num_classes: int | None = None,
                  *, weight_grad: str = "authors", init: str = "faithful", **kwargs) -> nn.Module:
     """Build ``arch``. ``weight_grad`` ("authors" | "ste") picks the binary layers' weight gradient rule
     (``sibnn.quant.binarize_weight``); ``init`` ("faithful" | "torch") the initialisation
@@ -57,8 +71,8 @@ def create_model(arch: str, binarizer: str = "sibnn", rho: float = 0.3, num_clas
         raise ValueError(f"unknown weight_grad {weight_grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if binarizer not in BINARIZERS:
-        raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZERS)}")
+    if binarizer not in BINARIZER_NAMES:
+        raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZER_NAMES)}")
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
     model = info.builder(binarizer=binarizer, rho=rho,

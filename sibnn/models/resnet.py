@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sibnn.catalog import RHO_DEFAULT
 from sibnn.layers import BinaryConv2d
 from sibnn.models.common import fp_conv, init_fp_layers_
 from sibnn.models.registry import register_model
@@ -73,7 +74,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, depths, binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+    def __init__(self, block, depths, binarizer="sibnn", rho=RHO_DEFAULT, num_classes=1000, in_channels=3):
         super().__init__()
         # Full precision: stem.
         self.stem = nn.Sequential(fp_conv(in_channels, 64, 7, 2, 3), nn.BatchNorm2d(64),
@@ -95,13 +96,11 @@ class ResNet(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-@register_model("resnet18", dataset="imagenet", input_size=224, in_channels=3, num_classes=1000,
-                description="Bi-Real-style ResNet-18: 16 binary 3×3 convs, FP stem/downsample/FC (AAAI: 59.7 %)")
-def resnet18(binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+@register_model("resnet18")
+def resnet18(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=1000, in_channels=3):
     return ResNet(BasicBlock, (2, 2, 2, 2), binarizer, rho, num_classes, in_channels)
 
 
-@register_model("resnet50", dataset="imagenet", input_size=224, in_channels=3, num_classes=1000,
-                description="ResNet-50 with binary bottleneck convs, FP stem/downsample/FC (TNNLS: 68.3 %)")
-def resnet50(binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+@register_model("resnet50")
+def resnet50(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=1000, in_channels=3):
     return ResNet(Bottleneck, (3, 4, 6, 3), binarizer, rho, num_classes, in_channels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from sibnn.catalog import RHO_DEFAULT
 from sibnn.layers import BinaryConv2d, BinaryLinear
 from sibnn.models.common import fp_conv, init_fp_layers_
 from sibnn.models.registry import register_model
@@ -14,7 +15,7 @@ class MLP(nn.Module):
     """BinaryNet MNIST MLP: 3 hidden layers with BN; hidden 1 is reached by an FP layer from the pixels,
     hidden 2–3 by binary layers, the classifier is FP."""
 
-    def __init__(self, binarizer="sibnn", rho=0.3, num_classes=10, in_features=784, hidden=2048):
+    def __init__(self, binarizer="sibnn", rho=RHO_DEFAULT, num_classes=10, in_features=784, hidden=2048):
         super().__init__()
         b = dict(binarizer=binarizer, rho=rho)
         self.net = nn.Sequential(
@@ -33,7 +34,7 @@ class MLP(nn.Module):
 class VGGSmall(nn.Module):
     """BinaryNet CIFAR-10 net: 2×128C3–MP2–2×256C3–MP2–2×512C3–MP2–2×1024FC–10, BN after every layer."""
 
-    def __init__(self, binarizer="sibnn", rho=0.3, num_classes=10, in_channels=3, width=128):
+    def __init__(self, binarizer="sibnn", rho=RHO_DEFAULT, num_classes=10, in_channels=3, width=128):
         super().__init__()
         b = dict(binarizer=binarizer, rho=rho)
         w1, w2, w3 = width, 2 * width, 4 * width
@@ -61,7 +62,7 @@ class VGGSmall(nn.Module):
 class DigitsCNN(nn.Module):
     """For the embedded 8×8 digits: FP conv → 2 binary convs → 1 binary FC → FP classifier."""
 
-    def __init__(self, binarizer="sibnn", rho=0.3, num_classes=10, in_channels=1, width=32):
+    def __init__(self, binarizer="sibnn", rho=RHO_DEFAULT, num_classes=10, in_channels=1, width=32):
         super().__init__()
         b = dict(binarizer=binarizer, rho=rho)
         self.features = nn.Sequential(
@@ -81,25 +82,21 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-@register_model("mlp", dataset="mnist", input_size=28, in_channels=1, num_classes=10,
-                description="BinaryNet MNIST MLP, 3 hidden layers of 2048 with BN")
-def mlp(binarizer="sibnn", rho=0.3, num_classes=10, in_channels=1, input_size=28, hidden=2048):
+@register_model("mlp")
+def mlp(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=10, in_channels=1, input_size=28, hidden=2048):
     return MLP(binarizer, rho, num_classes, in_channels * input_size * input_size, hidden)
 
 
-@register_model("vgg_small", dataset="cifar10", input_size=32, in_channels=3, num_classes=10,
-                description="BinaryNet CIFAR-10 VGG-small: 5 binary convs + 2 binary FCs")
-def vgg_small(binarizer="sibnn", rho=0.3, num_classes=10, in_channels=3, width=128):
+@register_model("vgg_small")
+def vgg_small(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=10, in_channels=3, width=128):
     return VGGSmall(binarizer, rho, num_classes, in_channels, width)
 
 
-@register_model("digits_cnn", dataset="digits", input_size=8, in_channels=1, num_classes=10,
-                description="Small CNN for scikit-learn's 8×8 digits: 2 binary convs + 1 binary FC")
-def digits_cnn(binarizer="sibnn", rho=0.3, num_classes=10, in_channels=1, width=32):
+@register_model("digits_cnn")
+def digits_cnn(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=10, in_channels=1, width=32):
     return DigitsCNN(binarizer, rho, num_classes, in_channels, width)
 
 
-@register_model("mlp_small", dataset="mnist5k", input_size=28, in_channels=1, num_classes=10,
-                description="The BinaryNet MNIST MLP at 512 hidden units: the embedded mnist5k demo's model")
-def mlp_small(binarizer="sibnn", rho=0.3, num_classes=10, in_channels=1, input_size=28, hidden=512):
+@register_model("mlp_small")
+def mlp_small(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=10, in_channels=1, input_size=28, hidden=512):
     return MLP(binarizer, rho, num_classes, in_channels * input_size * input_size, hidden)

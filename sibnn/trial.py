@@ -1,0 +1,219 @@
+"""One trial: a typed ``TrialConfig`` and the one way to build, train and checkpoint it.
+
+    cfg = TrialConfig(dataset="digits", binarizer="sibnn", rho=0.3, epochs=30, batch_size=64)
+    trial = build_trial(cfg, device=torch.device("cpu"))
+    state = trial.fit()
+    torch.save(trial.checkpoint(state), "m.pt")
+    model = model_from_checkpoint(torch.load("m.pt", weights_only=False))
+
+The command line (``sibnn.train``), the Ray worker loop (``jobs.train_loop``, one ``build_trial`` per rank), the
+end-of-trial export (``jobs.sweep``) and ``sibnn.infer`` all go through here, so a training rule or default exists
+once. The facts it reads (datasets, models, binarizers) are ``sibnn.catalog``'s.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sibnn import catalog
+from sibnn.catalog import RHO_DEFAULT
+from sibnn.data import DatasetError, load_small_dataset, small_loaders
+from sibnn.engine import TrainState, checkpoint_dict, fit, restore_checkpoint, seed_everything
+from sibnn.models import create_model, model_info
+from sibnn.recipe import Recipe, build_optimizer, build_scheduler, get_recipe
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that defines one training run. ``None`` overrides mean the recipe's (or the dataset's) value."""
+
+    dataset: str = "digits"                      # a sibnn.catalog dataset
+    arch: str | None = None                      # None: the dataset's usual model
+    binarizer: str = "sibnn"
+    rho: float = RHO_DEFAULT                     # used only by the binarizers that take it (catalog.takes_rho)
+    # the recipe (sibnn.recipe) and its overrides
+    recipe: str = "aaai"
+    epochs: int | None = None
+    batch_size: int | None = None                # global: split over the workers of a distributed trial
+    lr: float | None = None
+    weight_decay: float | None = None
+    milestones: tuple[float, ...] | None = None
+    # weight rules: the authors' by default (METHOD.md §2, §4)
+    weight_grad: str = "authors"
+    init: str = "faithful"
+    seed: int = 0
+    # data
+    data_root: str | None = None
+    data_format: str = "folder"                  # ImageNet-format data: JPEG folders or webdataset shards
+    policy: str = "paper"                        # ImageNet augmentation
+    image_size: int | None = None                # ImageNet crop; None: the arch's (224, 227)
+    # runtime: how, not what, it computes
+    amp: bool = False                            # bf16 autocast
+    channels_last: bool = False
+    compile: bool = False                        # torch.compile the model
+
+    def __post_init__(self):
+        catalog.dataset_info(self.dataset)
+        catalog.binarizer_info(self.binarizer)
+        for name, value, choices in (("weight_grad", self.weight_grad, catalog.WEIGHT_GRADS),
+                                     ("init", self.init, catalog.INITS),
+                                     ("data_format", self.data_format, catalog.DATA_FORMATS),
+                                     ("policy", self.policy, catalog.POLICIES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        if not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        if self.arch is None:
+            object.__setattr__(self, "arch", catalog.DATASETS[self.dataset].default_arch)
+        if self.milestones is not None:
+            object.__setattr__(self, "milestones", tuple(self.milestones))
+
+    @property
+    def dataset_info(self) -> catalog.Dataset:
+        return catalog.DATASETS[self.dataset]
+
+    def recipe_for(self, world_size: int = 1) -> Recipe:
+        """The named recipe with this config's overrides; the batch is per worker (the global one ÷ world size)."""
+        base = get_recipe(self.recipe, epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                          milestones=self.milestones)
+        return replace(base, batch_size=max(1, (self.batch_size or base.batch_size) // world_size))
+
+    def describe(self) -> str:
+        rho = f" ρ={self.rho}" if catalog.takes_rho(self.binarizer) else ""
+        return f"{self.arch} / {self.binarizer}{rho} on {self.dataset}"
+
+
+def build_loaders(cfg: TrialConfig, batch_size: int, *, device: torch.device, shard_id: int = 0,
+                  num_shards: int = 1):
+    """Train and validation loaders of one rank; returns (train, val, num_classes, input_shape)."""
+    if cfg.dataset_info.imagenet_format:
+        from sibnn.data import ImageNetLoader
+
+        if cfg.data_root is None:
+            raise DatasetError(f"dataset {cfg.dataset!r} needs a data root (--data-root DIR with train/ and val/)")
+        size = cfg.image_size or model_info(cfg.arch).input_size
+        common = dict(shard_id=shard_id, num_shards=num_shards, device=str(device), policy=cfg.policy,
+                      image_size=size, fmt=cfg.data_format, seed=cfg.seed, channels_last=cfg.channels_last,
+                      dtype=torch.bfloat16 if cfg.amp else torch.float32)
+        if device.type == "cuda":
+            common["device"] = f"cuda:{device.index or 0}"
+        train = ImageNetLoader(cfg.data_root, "train", batch_size, **common)
+        val = ImageNetLoader(cfg.data_root, "val", batch_size, **common)
+        return train, val, train.num_classes, (3, size, size)
+    ds = load_small_dataset(cfg.dataset, cfg.data_root)
+    train, val = small_loaders(ds, batch_size, shard_id=shard_id, num_shards=num_shards, seed=cfg.seed, device=device)
+    return train, val, ds.num_classes, ds.input_shape
+
+
+def build_model(cfg: TrialConfig, num_classes: int, input_shape: tuple) -> nn.Module:
+    """The registry's model for ``cfg``, fitted to the data's channels (and pixel count, for an MLP)."""
+    return create_model(cfg.arch, cfg.binarizer, cfg.rho, num_classes, weight_grad=cfg.weight_grad, init=cfg.init,
+                        **model_info(cfg.arch).input_kwargs(input_shape))
+
+
+@dataclass
+class Trial:
+    """A built trial: ``model`` is what the optimiser holds (DDP-wrapped under Ray Train), ``net`` what runs
+    (``model`` compiled when ``config.compile``)."""
+
+    config: TrialConfig
+    recipe: Recipe
+    device: torch.device
+    model: nn.Module
+    net: nn.Module
+    train: object
+    val: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    num_classes: int
+    input_shape: tuple
+    extra: dict = field(default_factory=dict)  # more entries for the checkpoint's config (the jobs' trial spec)
+
+    def fit(self, state: TrainState | None = None, **kwargs) -> TrainState:
+        """``sibnn.engine.fit`` with this trial's parts (kwargs: on_epoch, reduce, ...)."""
+        return fit(self.net, self.train, self.val, self.recipe, device=self.device, amp=self.config.amp,
+                   channels_last=self.config.channels_last, optimizer=self.optimizer, scheduler=self.scheduler,
+                   state=state, **kwargs)
+
+    def checkpoint_config(self) -> dict:
+        """What a checkpoint needs to rebuild the model (``model_from_checkpoint``) and to say how it was trained."""
+        c = self.config
+        return {"arch": c.arch, "binarizer": c.binarizer, "rho": c.rho if catalog.takes_rho(c.binarizer) else None,
+                "weight_grad": c.weight_grad, "init": c.init, "dataset": c.dataset, "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape), **model_info(c.arch).input_kwargs(self.input_shape),
+                **self.extra}
+
+    def checkpoint(self, state: TrainState) -> dict:
+        """Model, optimiser, scheduler, epoch, RNG state, history and config: enough to resume or to export."""
+        return checkpoint_dict(self.model, self.optimizer, self.scheduler, state, self.checkpoint_config())
+
+    def restore(self, ckpt: dict) -> TrainState:
+        return restore_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+
+
+def build_trial(cfg: TrialConfig, *, device: torch.device, shard_id: int = 0, num_shards: int = 1,
+                prepare: Callable[[nn.Module], nn.Module] | None = None) -> Trial:
+    """Seed, data of this rank, model, optimiser and per-iteration scheduler. ``prepare`` moves/wraps the model
+    (Ray Train's ``prepare_model``: DDP); without it the model is moved to ``device``."""
+    recipe = cfg.recipe_for(num_shards)
+    # Same initial weights on every rank (DDP also broadcasts them); the seed also fixes the data order.
+    seed_everything(cfg.seed)
+    train, val, num_classes, input_shape = build_loaders(cfg, recipe.batch_size, device=device, shard_id=shard_id,
+                                                         num_shards=num_shards)
+    model = build_model(cfg, num_classes, input_shape)
+    model = prepare(model) if prepare is not None else model.to(device)
+    net = torch.compile(model) if cfg.compile else model  # checkpoints unwrap it (sibnn.engine.unwrap)
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe, len(train))
+    return Trial(cfg, recipe, device, model, net, train, val, optimizer, scheduler, num_classes, tuple(input_shape))
+
+
+class CheckpointError(ValueError):
+    """A file or dict that is not a sibnn checkpoint."""
+
+
+def load_checkpoint(checkpoint, map_location="cpu") -> dict:
+    """A checkpoint dict from a path or a dict, checked to hold the model's weights and a config naming it."""
+    ckpt = torch.load(checkpoint, map_location=map_location, weights_only=False) \
+        if isinstance(checkpoint, (str, Path)) else checkpoint
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{checkpoint if isinstance(checkpoint, (str, Path)) else 'checkpoint'}: not a sibnn "
+                              "checkpoint (needs 'model' and 'config' entries)")
+    missing = [k for k in ("arch", "binarizer") if k not in ckpt["config"]]
+    if missing:
+        raise CheckpointError(f"checkpoint config lacks {', '.join(missing)}")
+    return ckpt
+
+
+def model_from_checkpoint(checkpoint) -> nn.Module:
+    """The trained model, in eval mode, from a checkpoint (path or dict) written by ``Trial.checkpoint``."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt["config"]
+    kw = {k: cfg[k] for k in ("in_channels", "input_size") if k in cfg}
+    rho = cfg.get("rho")
+    model = create_model(cfg["arch"], cfg["binarizer"], RHO_DEFAULT if rho is None else rho, cfg.get("num_classes"),
+                         weight_grad=cfg.get("weight_grad", "authors"), **kw)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def input_shape(config: dict) -> tuple[int, int, int]:
+    """(C, H, W) of a checkpoint config's model input: as trained when recorded, else the model's paper size."""
+    if config.get("input_shape"):
+        return tuple(config["input_shape"])
+    info = catalog.model_facts(config["arch"]) if config.get("arch") in catalog.MODELS else None
+    channels = config.get("in_channels") or (info.in_channels if info else 3)
+    size = config.get("input_size") or (info.input_size if info else 224)
+    return channels, size, size
+
+
+def training_data(config: dict) -> catalog.Dataset:
+    """The dataset a checkpoint config's model was trained on (its normalisation, its input pipeline): as recorded,
+    else the architecture's usual one."""
+    name = config.get("dataset") or (catalog.MODELS[config["arch"]].dataset if config.get("arch") in catalog.MODELS
+                                     else "imagenet")
+    return catalog.dataset_info(name)
