@@ -23,6 +23,11 @@ IMAGENET = "/data/imagenet"
 
 SECRETS_SCRIPT = DOCKER / "make-secrets.sh"
 SECRETS_MOUNT = "/run/secrets/"
+# A variable whose name says it is a secret may only name a file; values that look like one are refused anywhere.
+SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|PRIVATE|_KEY\b|DATABASE_URL|STORE_URI", re.I)
+SECRET_VALUE = (re.compile(r"://[^/@\s:]+:[^/@\s]+@"),   # a URL with user:password@ (or user:$(VAR)@)
+                re.compile(r"\b[0-9a-f]{32,}\b"),           # a long hex string (openssl rand -hex)
+                re.compile(r"change-me", re.I))
 # What .env may set; no secret among them (the secrets are files: `make secrets`).
 TEST_ENV: dict[str, str] = {}
 

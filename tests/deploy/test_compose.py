@@ -8,16 +8,10 @@ import stat
 
 import pytest
 
-from tests.deploy.deployment import (CHECKPOINTS, DOCKER, IMAGENET, RAY_SERVICES, SECRETS_MOUNT, MissingVariable,
-                                     command, compose_variables, dockerfile, env_example, environment, flag,
-                                     interpolate, load_compose, make_secrets, published_ports, pyproject,
-                                     service_secrets, volume_mounts)
-
-# A variable whose name says it is a secret may only name a file; values that look like one are refused anywhere.
-SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|PRIVATE|_KEY\b|DATABASE_URL|STORE_URI", re.I)
-SECRET_VALUE = (re.compile(r"://[^/@\s:]+:[^/@\s]+@"),   # a URL with user:password@
-                re.compile(r"\b[0-9a-f]{32,}\b"),           # a long hex string (openssl rand -hex)
-                re.compile(r"change-me", re.I))
+from tests.deploy.deployment import (CHECKPOINTS, DOCKER, IMAGENET, RAY_SERVICES, SECRET_NAME, SECRET_VALUE,
+                                     SECRETS_MOUNT, MissingVariable, command, compose_variables, dockerfile,
+                                     env_example, environment, flag, interpolate, load_compose, make_secrets,
+                                     published_ports, pyproject, service_secrets, volume_mounts)
 
 LONG_RUNNING = ("postgres", "mlflow", "ray-head", "ray-worker", "api")
 
