@@ -88,9 +88,11 @@ def test_make_secrets_writes_random_values_in_a_private_folder_and_keeps_them_on
     assert make_secrets(tmp_path / "other")["api_token"] != first["api_token"]
 
 
-def test_the_secrets_folder_stays_out_of_git_and_the_image_context():
+def test_the_secrets_folder_stays_out_of_git_and_the_image_context_and_make_writes_it():
     from tests.deploy.deployment import REPO
 
+    makefile = (REPO / "Makefile").read_text()
+    assert "\nsecrets:\n\tsh docker/make-secrets.sh secrets\n" in makefile
     assert "/secrets/" in (REPO / ".gitignore").read_text().split()
     assert "secrets" in (REPO / ".dockerignore").read_text().split()
 
