@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # API image: the FastAPI control plane (service/), with the same Python, Ray, MLflow and torch versions as the Ray
-# image (pyproject.toml's pins). CPU torch (the API only builds models for GET /models summaries); no DALI.
+# image (requirements.lock's pins). CPU torch (the API only builds models for GET /models summaries); no DALI.
 #
 #   docker build -f docker/api.Dockerfile -t sibnn/api:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
@@ -10,10 +10,13 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml requirements.lock README.md ./
 COPY docker/requirements.py /tmp/requirements.py
-RUN pip install --index-url "$TORCH_INDEX_URL" "$(python /tmp/requirements.py pyproject.toml --only torch)" \
- && python /tmp/requirements.py pyproject.toml --drop nvidia-dali-cuda130 > /tmp/requirements.txt \
+# CPU torch at the lock's version, then every other package exactly as requirements.lock pins it (`make lock`),
+# less the test tools and DALI (with the CUDA codecs only DALI needs).
+RUN pip install --index-url "$TORCH_INDEX_URL" "$(python /tmp/requirements.py requirements.lock --only torch)" \
+ && python /tmp/requirements.py requirements.lock --drop-extra test --drop nvidia-dali-cuda130 \
+      > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY sibnn ./sibnn
 COPY jobs ./jobs

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # Ray node image (compose ray-head / ray-worker, KubeRay head and GPU workers): CUDA-enabled torch, DALI for the same
-# CUDA, Ray, MLflow client and the project, all at pyproject.toml's pins. The NVIDIA driver comes from the host through
+# CUDA, Ray, MLflow client and the project, all at requirements.lock's pins. The NVIDIA driver comes from the host through
 # the NVIDIA container toolkit; the CUDA runtime libraries (cudart, cuBLAS, cuDNN, NCCL, nvJPEG) come with the torch
 # and DALI wheels, so the base is the same plain Python 3.11 as the API image (same interpreter for Ray's client and
 # cluster, same /opt/venv/bin/python path for the job entrypoint the API submits).
@@ -17,12 +17,13 @@ ARG DALI_CUDA=cuda130
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml requirements.lock README.md ./
 COPY docker/requirements.py /tmp/requirements.py
-# torch first, from the index of the wanted CUDA build; the version is pyproject's pin (torch==X matches X+cu130).
-RUN pip install --index-url "$TORCH_INDEX_URL" "$(python /tmp/requirements.py pyproject.toml --only torch)" \
- && python /tmp/requirements.py pyproject.toml --rename nvidia-dali-cuda130 "nvidia-dali-$DALI_CUDA" \
-      > /tmp/requirements.txt \
+# torch first, from the index of the wanted CUDA build; the version is the lock's (torch==X matches X+cu130). Then
+# every other package exactly as requirements.lock pins it (`make lock`), less the test tools, DALI for DALI_CUDA.
+RUN pip install --index-url "$TORCH_INDEX_URL" "$(python /tmp/requirements.py requirements.lock --only torch)" \
+ && python /tmp/requirements.py requirements.lock --drop-extra test \
+      --rename nvidia-dali-cuda130 "nvidia-dali-$DALI_CUDA" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY sibnn ./sibnn
 COPY jobs ./jobs

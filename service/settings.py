@@ -4,18 +4,20 @@
 |---|---|---|
 | SIBNN_HOME | ~/.sibnn | state folder of the embedded stack (SQLite file, runs, logs) |
 | SIBNN_DATABASE_URL | sqlite:///$SIBNN_HOME/sibnn.db | SQLAlchemy URL; ``postgresql://`` uses psycopg 3 |
+| SIBNN_DATABASE_URL_FILE | – | or a file holding it (it carries the password: a Docker/Kubernetes secret) |
 | SIBNN_RAY_ADDRESS | http://127.0.0.1:8265 | the Ray cluster's job (dashboard) HTTP address |
 | SIBNN_RAY_AUTH_TOKEN / RAY_AUTH_TOKEN | – | the cluster's token (Ray token authentication) |
-| SIBNN_RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN_PATH | – | or a file holding it (else ~/.ray/auth_token, as Ray) |
+| SIBNN_RAY_AUTH_TOKEN_PATH / _FILE / RAY_AUTH_TOKEN_PATH | – | or a file holding it (else ~/.ray/auth_token, as Ray) |
 | SIBNN_MLFLOW_TRACKING_URI / MLFLOW_TRACKING_URI | http://127.0.0.1:5000 | MLflow tracking server |
 | SIBNN_MLFLOW_UI_URL | the tracking URI | base of the MLflow links in answers |
 | SIBNN_JOB_MLFLOW_TRACKING_URI | the tracking URI | MLflow as the Ray job sees it (compose service names) |
 | SIBNN_STORAGE_PATH | $SIBNN_HOME/runs | checkpoints and Tune state: a path every Ray node sees, or ``s3://``/``gs://`` |
 | SIBNN_API_TOKEN | – | bearer token for every request that changes state (none set: such requests get 401) |
+| SIBNN_API_TOKEN_FILE / _PATH | – | or a file holding it (a Docker/Kubernetes secret) |
 | SIBNN_HOST / SIBNN_PORT | 127.0.0.1 / 8000 | bind address of ``sibnn up`` / ``python -m service`` |
 | SIBNN_DATA_ROOTS | $SIBNN_HOME/data | folders (``:``-separated) every ``dataset.root`` must lie in; relative roots are taken inside the first |
 | SIBNN_MAX_BODY_BYTES | 1048576 | largest request body (413 above it, checked while reading, after the token) |
-| SIBNN_READ_TOKEN / SIBNN_READ_TOKEN_PATH | – | a read-only bearer token (or a file holding it); the API token reads too |
+| SIBNN_READ_TOKEN / SIBNN_READ_TOKEN_PATH / _FILE | – | a read-only bearer token (or a file holding it); the API token reads too |
 | SIBNN_OPEN_READS | loopback host: true, else false | reads without a token; off unless SIBNN_HOST is loopback or this says true |
 | SIBNN_MLFLOW_TIMEOUT_S / SIBNN_MLFLOW_MAX_CALLS | 5 / 8 | per MLflow request (never retried); MLflow calls in flight at once |
 
@@ -33,7 +35,7 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +46,16 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path.home() / ".sibnn", description="state folder of the embedded stack")
     database_url: str | None = Field(None, description="SQLAlchemy URL (SQLite file in home by default)")
+    # Secrets as files (Docker/Kubernetes secrets, the postgres image's *_FILE convention): the value is read here,
+    # so it never sits in the container's environment.
+    database_url_path: Path | None = Field(
+        None, validation_alias=AliasChoices("SIBNN_DATABASE_URL_FILE", "SIBNN_DATABASE_URL_PATH", "database_url_path"))
     ray_address: str = Field("http://127.0.0.1:8265", description="Ray job submission (dashboard) address")
     ray_auth_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("SIBNN_RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN", "ray_auth_token"))
     ray_auth_token_path: Path | None = Field(
-        None, validation_alias=AliasChoices("SIBNN_RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN_PATH", "ray_auth_token_path"))
+        None, validation_alias=AliasChoices("SIBNN_RAY_AUTH_TOKEN_PATH", "SIBNN_RAY_AUTH_TOKEN_FILE",
+                                            "RAY_AUTH_TOKEN_PATH", "ray_auth_token_path"))
     mlflow_tracking_uri: str = Field(
         "http://127.0.0.1:5000",
         validation_alias=AliasChoices("SIBNN_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
@@ -57,6 +64,8 @@ class Settings(BaseSettings):
     # A string, not a Path: Path("s3://bucket/runs") is "s3:/bucket/runs", which Ray would take for a local folder.
     storage_path: str | None = Field(None, description="checkpoints and Tune state: a shared folder or s3:// gs:// URI")
     api_token: SecretStr | None = None
+    api_token_path: Path | None = Field(
+        None, validation_alias=AliasChoices("SIBNN_API_TOKEN_FILE", "SIBNN_API_TOKEN_PATH", "api_token_path"))
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -75,7 +84,8 @@ class Settings(BaseSettings):
     data_roots: str | None = Field(None, description="folders every dataset.root must lie in (os.pathsep-separated)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
     read_token: SecretStr | None = None
-    read_token_path: Path | None = None
+    read_token_path: Path | None = Field(
+        None, validation_alias=AliasChoices("SIBNN_READ_TOKEN_PATH", "SIBNN_READ_TOKEN_FILE", "read_token_path"))
     open_reads: bool | None = Field(None, description="reads need no token (default: only on a loopback host)")
     mlflow_timeout_s: float = Field(5.0, ge=1, description="timeout of one MLflow request (whole seconds: MLflow's "
                                                            "client takes an int); a timed-out read is not retried")
@@ -85,6 +95,25 @@ class Settings(BaseSettings):
     @classmethod
     def _path_to_str(cls, v):
         return str(v) if isinstance(v, Path) else v  # a local Path is fine; a URI must arrive as the string it is
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self):
+        """SIBNN_API_TOKEN_FILE / SIBNN_DATABASE_URL_FILE: read once, at start-up, with the variable named on error."""
+        for field, path_field, var in (("api_token", "api_token_path", "SIBNN_API_TOKEN"),
+                                       ("database_url", "database_url_path", "SIBNN_DATABASE_URL")):
+            path = getattr(self, path_field)
+            if path is None:
+                continue
+            if getattr(self, field) is not None:
+                raise ValueError(f"both {var} and {var}_FILE are set: use one")
+            try:
+                value = path.read_text().strip()
+            except OSError as e:
+                raise ValueError(f"{var}_FILE={path}: cannot read it ({e.strerror})") from None
+            if not value:
+                raise ValueError(f"{var}_FILE={path} is empty")
+            setattr(self, field, SecretStr(value) if field == "api_token" else value)
+        return self
 
     @property
     def db_url(self) -> str:

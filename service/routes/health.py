@@ -58,9 +58,17 @@ def readyz(ctx: CtxDep):
             raise RuntimeError(f"MLflow at {uri} is unreachable: {e}") from None
         if r.status_code != 200:
             raise RuntimeError(f"MLflow at {uri} answered {r.status_code}: {r.text[:200]}")
-        # /health is exempt from MLflow's Host-header check (≥ 3.5); a real API call is not, so ask one.
+        # /health is exempt from MLflow's Host-header check (≥ 3.5) and its basic-auth login; a real API call is
+        # not, so ask one, with the login MLflow's own client uses (MLFLOW_TRACKING_USERNAME/PASSWORD).
+        from mlflow.utils.credentials import read_mlflow_creds
+
+        creds = read_mlflow_creds()
         r = httpx.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                      timeout=s.mlflow_timeout_s)
+                      timeout=s.mlflow_timeout_s,
+                      auth=(creds.username, creds.password) if creds.username and creds.password else None)
+        if r.status_code == 401:
+            raise RuntimeError(f"MLflow at {uri} asks for a login (401): set MLFLOW_TRACKING_USERNAME and "
+                               "MLFLOW_TRACKING_PASSWORD (or _FILE in the images)")
         if r.status_code == 403:
             raise RuntimeError(f"MLflow at {uri} refuses this Host header (403): add it to the server's "
                                "--allowed-hosts")

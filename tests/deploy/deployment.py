@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -20,9 +21,15 @@ RAY_SERVICES = ("ray-head", "ray-worker")
 CHECKPOINTS = "/var/lib/sibnn/runs"
 IMAGENET = "/data/imagenet"
 
-# Values for the variables .env must set (docker compose refuses to start without them).
-TEST_SECRETS = {"RAY_AUTH_TOKEN": "a1" * 16, "SIBNN_API_TOKEN": "b2" * 16, "POSTGRES_PASSWORD": "c3" * 16,
-                "SIBNN_DB_PASSWORD": "d4" * 16, "MLFLOW_DB_PASSWORD": "e5" * 16}
+SECRETS_SCRIPT = DOCKER / "make-secrets.sh"
+SECRETS_MOUNT = "/run/secrets/"
+# A variable whose name says it is a secret may only name a file; values that look like one are refused anywhere.
+SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|PRIVATE|_KEY\b|DATABASE_URL|STORE_URI", re.I)
+SECRET_VALUE = (re.compile(r"://[^/@\s:]+:[^/@\s]+@"),   # a URL with user:password@ (or user:$(VAR)@)
+                re.compile(r"\b[0-9a-f]{32,}\b"),           # a long hex string (openssl rand -hex)
+                re.compile(r"change-me", re.I))
+# What .env may set; no secret among them (the secrets are files: `make secrets`).
+TEST_ENV: dict[str, str] = {}
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>\w+)")
 
@@ -67,10 +74,21 @@ def compose_variables() -> set[str]:
 def load_compose(env: dict | None = None, profiles: tuple[str, ...] = ("workers",)) -> dict:
     """docker-compose.yml as Compose sees it: anchors merged, variables interpolated, profiles applied."""
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
-    doc = interpolate(raw, TEST_SECRETS if env is None else env)
+    doc = interpolate(raw, TEST_ENV if env is None else env)
     doc["services"] = {name: svc for name, svc in doc["services"].items()
                        if not svc.get("profiles") or set(svc["profiles"]) & set(profiles)}
     return doc
+
+
+def make_secrets(folder: Path) -> dict[str, str]:
+    """Run docker/make-secrets.sh (what `make secrets` runs) into ``folder``: secret name → value."""
+    subprocess.run(["sh", str(SECRETS_SCRIPT), str(folder)], check=True, capture_output=True, timeout=30)
+    return {p.name: p.read_text().strip() for p in sorted(folder.iterdir())}
+
+
+def service_secrets(service: dict) -> list[str]:
+    """The names in a service's ``secrets:`` (short or long syntax), mounted at /run/secrets/<name>."""
+    return [s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []]
 
 
 def env_example() -> dict[str, str]:

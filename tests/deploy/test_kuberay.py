@@ -1,20 +1,51 @@
-"""infra/: the KubeRay RayCluster (CPU head, autoscaling GPU workers), MLflow + PostgreSQL, the API, Secrets by
-reference, the checkpoint volume. Parsed as YAML; no cluster needed."""
+"""infra/: the KubeRay RayCluster (CPU head, autoscaling GPU workers), MLflow + PostgreSQL, the API, Secrets mounted
+as files, the checkpoint volume. Parsed as YAML; no cluster needed."""
 from __future__ import annotations
+
+import re
 
 import yaml
 
-from tests.deploy.deployment import (CHECKPOINTS, IMAGENET, INFRA, env_of, flag, manifest, manifests, pinned,
-                                     pod_containers, pyproject)
-
-SECRET_KEYS = {"RAY_AUTH_TOKEN": ("sibnn-ray-auth", "auth_token"), "SIBNN_API_TOKEN": ("sibnn-api", "api-token"),
-               "POSTGRES_PASSWORD": ("sibnn-db", "postgres-password"),
-               "SIBNN_DB_PASSWORD": ("sibnn-db", "sibnn-password"),
-               "MLFLOW_DB_PASSWORD": ("sibnn-db", "mlflow-password")}
+from tests.deploy.deployment import (CHECKPOINTS, IMAGENET, INFRA, SECRET_NAME, SECRET_VALUE, SECRETS_MOUNT, env_of,
+                                     environment, flag, load_compose, manifest, manifests, pinned, pod_containers,
+                                     pyproject)
 
 
 def ray_cluster() -> dict:
     return manifest("RayCluster", "sibnn")
+
+
+def every_container():
+    """(file, container with its pod) for every container, init container and the KubeRay autoscaler sidecar."""
+    for doc in manifests():
+        for c in pod_containers(doc):
+            yield doc["_file"], c
+            for init in c["_pod"].get("initContainers", []):
+                yield doc["_file"], dict(init, _pod=c["_pod"])
+        if doc["kind"] == "RayCluster":
+            head = doc["spec"]["headGroupSpec"]["template"]["spec"]
+            yield doc["_file"], dict(doc["spec"]["autoscalerOptions"], name="autoscaler", _pod=head)
+
+
+def mounted_secret_files(container: dict) -> dict[str, tuple[str, str]]:
+    """/run/secrets/<file> → (Secret name, key) of the projected secret volume the container mounts there."""
+    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    out = {}
+    for vol in container["_pod"].get("volumes", []):
+        if vol["name"] in mounts and "projected" in vol:
+            for src in vol["projected"]["sources"]:
+                for item in src["secret"]["items"]:
+                    out[f"{mounts[vol['name']].rstrip('/')}/{item['path']}"] = (src["secret"]["name"], item["key"])
+    return out
+
+
+def documented_secrets() -> dict[str, set[str]]:
+    """The Secrets infra/README.md tells the operator to create: name → keys (kubectl create secret generic)."""
+    out: dict[str, set[str]] = {}
+    text = (INFRA / "README.md").read_text().replace("\\\n", " ")
+    for m in re.finditer(r"create secret generic (\S+)(.*)", text):
+        out[m.group(1)] = set(re.findall(r"--from-(?:literal|file)=([\w-]+)=", m.group(2)))
+    return out
 
 
 def test_kustomization_lists_every_manifest_and_the_init_script():
@@ -26,15 +57,57 @@ def test_kustomization_lists_every_manifest_and_the_init_script():
             assert (INFRA / f).is_file()
 
 
-def test_no_secret_value_is_written_in_a_manifest():
+def test_no_secret_is_in_a_pod_spec_only_paths_to_files_from_kubernetes_secrets():
     assert not [d for d in manifests() if d["kind"] == "Secret"]
-    for doc in manifests():
+    for f in INFRA.glob("*.yaml"):
+        assert not any(p.search(f.read_text()) for p in SECRET_VALUE), f.name
+    for file, c in every_container():
+        files = mounted_secret_files(c)
+        for name, e in env_of(c).items():
+            assert "valueFrom" not in e, (file, c["name"], name, "a secret as an environment variable")
+            value = str(e.get("value", ""))
+            assert not any(p.search(value) for p in SECRET_VALUE), (file, c["name"], name)
+            if SECRET_NAME.search(name):
+                assert name.endswith(("_FILE", "_PATH")) or not name.endswith(("TOKEN", "PASSWORD", "DATABASE_URL")), \
+                    (file, c["name"], name)
+                if name.endswith(("_FILE", "_PATH")):
+                    assert value in files, (file, c["name"], name, value, "no secret mounted there")
+
+
+def test_every_secret_a_pod_mounts_is_one_the_readme_tells_you_to_create(tmp_path):
+    from tests.deploy.deployment import make_secrets
+
+    made = make_secrets(tmp_path / "secrets")  # the README fills the Secrets from `make secrets`' files
+    sources = re.findall(r"--from-file=[\w-]+=secrets/(\w+)", (INFRA / "README.md").read_text())
+    assert sources and set(sources) <= set(made)
+    documented = documented_secrets()
+    used = {ref for _, c in every_container() for ref in mounted_secret_files(c).values()}
+    assert used
+    for secret, key in used:
+        assert key in documented.get(secret, set()), (secret, key)
+    assert {(s, k) for s, keys in documented.items() for k in keys} == used  # and nothing documented goes unused
+
+
+def test_kubernetes_names_the_secret_files_as_compose_does():
+    compose = load_compose()["services"]
+    pairs = [(manifest("Deployment", "sibnn-api"), "api"), (manifest("Deployment", "mlflow"), "mlflow"),
+             (manifest("StatefulSet", "postgres"), "postgres"), (ray_cluster(), "ray-head")]
+    for doc, service in pairs:
+        want = {k: v for k, v in environment(compose[service]).items() if v.startswith(SECRETS_MOUNT)}
         for c in pod_containers(doc):
-            for name, e in env_of(c).items():
-                if name in SECRET_KEYS:
-                    ref = e["valueFrom"]["secretKeyRef"]
-                    assert (ref["name"], ref["key"]) == SECRET_KEYS[name], (doc["_file"], name)
-                    assert "value" not in e
+            got = {k: e["value"] for k, e in env_of(c).items() if str(e.get("value", "")).startswith(SECRETS_MOUNT)}
+            assert got == want, (doc["_file"], c["name"])
+
+
+def test_ray_containers_start_through_the_secret_exporting_entrypoint_then_kuberays_ray_start():
+    rc = ray_cluster()
+    assert rc["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+    for c in pod_containers(rc):
+        assert c["command"][0] == "sibnn-entrypoint" and c["command"][1:3] == ["bash", "-c"]
+        assert 'eval "$KUBERAY_GEN_RAY_START_CMD"' in c["args"][0] and "ulimit -n" in c["args"][0]
+    for doc in (manifest("Deployment", "sibnn-api"), manifest("Deployment", "mlflow")):
+        for c in pod_containers(doc):  # a pod's command replaces the image's ENTRYPOINT
+            assert c["command"][0] == "sibnn-entrypoint", doc["_file"]
 
 
 def test_the_ray_cluster_runs_pyprojects_ray_with_in_tree_autoscaling():
@@ -57,11 +130,18 @@ def test_the_head_is_cpu_only_and_the_gpu_group_scales_from_zero():
     assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) >= 1
 
 
-def test_every_ray_container_and_the_autoscaler_carry_the_token():
+def test_every_ray_container_and_the_autoscaler_read_the_token_file_and_the_mlflow_login():
     rc = ray_cluster()
-    for env in [env_of(c) for c in pod_containers(rc)] + [{e["name"]: e for e in rc["spec"]["autoscalerOptions"]["env"]}]:
+    autoscaler = dict(rc["spec"]["autoscalerOptions"], _pod=rc["spec"]["headGroupSpec"]["template"]["spec"])
+    for c in pod_containers(rc) + [autoscaler]:
+        env = env_of(c)
         assert env["RAY_AUTH_MODE"]["value"] == "token"
-        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "sibnn-ray-auth", "key": "auth_token"}
+        assert env["RAY_AUTH_TOKEN_PATH"]["value"] == "/run/secrets/ray_auth_token"
+        assert mounted_secret_files(c)["/run/secrets/ray_auth_token"] == ("sibnn-ray-auth", "auth_token")
+    for c in pod_containers(rc):  # the jobs these nodes run log into MLflow
+        assert env_of(c)["MLFLOW_TRACKING_USERNAME"]["value"] == "admin"
+        assert mounted_secret_files(c)[env_of(c)["MLFLOW_TRACKING_PASSWORD_FILE"]["value"]] == \
+            ("sibnn-mlflow", "admin-password")
 
 
 def test_every_ray_node_mounts_the_checkpoint_claim_and_imagenet_read_only_at_the_compose_paths():
@@ -83,8 +163,7 @@ def test_the_api_points_at_the_kuberay_head_service_and_mlflow():
     assert env["SIBNN_RAY_ADDRESS"]["value"] == "http://sibnn-head-svc:8265"  # KubeRay: <cluster>-head-svc
     assert env["SIBNN_MLFLOW_TRACKING_URI"]["value"] == env["SIBNN_JOB_MLFLOW_TRACKING_URI"]["value"] == \
         "http://mlflow:5000"
-    assert env["SIBNN_DATABASE_URL"]["value"] == "postgresql+psycopg://sibnn:$(SIBNN_DB_PASSWORD)@postgres:5432/sibnn"
-    assert list(env).index("SIBNN_DB_PASSWORD") < list(env).index("SIBNN_DATABASE_URL")  # $(VAR) needs order
+    assert mounted_secret_files(api)[env["SIBNN_DATABASE_URL_FILE"]["value"]] == ("sibnn-db", "sibnn-database-url")
     assert env["SIBNN_STORAGE_PATH"]["value"] == CHECKPOINTS
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -98,9 +177,9 @@ def test_the_api_pods_migrate_in_an_init_container_and_start_with_auto_migrate_o
     (api,) = pod_containers(dep)
     assert init["command"] == ["sibnn", "migrate"] and init["image"] == api["image"]
     ienv, aenv = env_of(init), env_of(api)
-    assert ienv["SIBNN_DATABASE_URL"] == aenv["SIBNN_DATABASE_URL"]
-    assert ienv["SIBNN_DB_PASSWORD"]["valueFrom"] == aenv["SIBNN_DB_PASSWORD"]["valueFrom"]
-    assert list(ienv).index("SIBNN_DB_PASSWORD") < list(ienv).index("SIBNN_DATABASE_URL")  # $(VAR) needs order
+    assert ienv["SIBNN_DATABASE_URL_FILE"] == aenv["SIBNN_DATABASE_URL_FILE"]
+    init = dict(init, _pod=dep["spec"]["template"]["spec"])
+    assert mounted_secret_files(init)[ienv["SIBNN_DATABASE_URL_FILE"]["value"]] == ("sibnn-db", "sibnn-database-url")
     assert aenv["SIBNN_AUTO_MIGRATE"]["value"] == "false"
 
 
@@ -109,7 +188,12 @@ def test_mlflow_on_kubernetes_allows_its_service_names_and_uses_postgres():
     allowed = flag(ml["command"], "--allowed-hosts").split(",")
     assert {"mlflow", "mlflow:5000", "mlflow.*", "localhost:5000", "127.0.0.1:5000"} <= set(allowed)
     env = env_of(ml)
-    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql+psycopg://mlflow:$(MLFLOW_DB_PASSWORD)@")
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"] == "postgresql+psycopg://mlflow@postgres:5432/mlflow"
+    assert flag(ml["command"], "--app-name") == "basic-auth"
+    files = mounted_secret_files(ml)
+    assert files[env["PGPASSWORD_FILE"]["value"]] == ("sibnn-db", "mlflow-password")
+    assert files[env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"]["value"]] == ("sibnn-mlflow", "admin-password")
+    assert files[env["MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"]["value"]] == ("sibnn-mlflow", "flask-secret-key")
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     assert flag(ml["command"], "--workers") == "1"
     assert ml["readinessProbe"]["httpGet"]["path"] == "/health"
