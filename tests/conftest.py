@@ -22,6 +22,9 @@ SERVER_FIXTURES = frozenset({
 })
 # Parametrized fixtures whose given parameter starts one: db_url's "postgresql" asks for `postgres` at run time.
 SERVER_PARAMS = {"db_url": "postgresql"}
+# The heaviest model at its paper input size (VGG-Variant, 224 px: 1-5 s per forward/backward or packing check on 2
+# cores) runs in `make test` only; `make test-fast` keeps the same checks on AlexNet, ResNet and the small models.
+HEAVY_ARCHS = ("vgg_variant",)
 
 
 def pytest_configure(config):
@@ -41,3 +44,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if needs_a_server(item):
             item.add_marker(pytest.mark.integration)
+        if any(arch in item.nodeid for arch in HEAVY_ARCHS):
+            item.add_marker(pytest.mark.slow)

@@ -11,7 +11,7 @@ import torch
 from sibnn.infer import PackedModel, kernels, pack_model
 from sibnn.infer import reference as R
 from sibnn.models import create_model
-from tests.test_infer import randomize, run_with_bits
+from tests.sibnn.test_infer import randomize, run_with_bits
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason="the C kernels cannot be built here")
 

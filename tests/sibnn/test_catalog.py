@@ -14,9 +14,9 @@ from sibnn.models import create_model, list_models, model_info
 from sibnn.models.summaries import compute
 from sibnn.quant import BINARIZERS, SiBinarize, make_activation
 from sibnn.summary import summarize
-from tests.test_infer import randomize  # trained-like θ, s and BatchNorm statistics
+from tests.sibnn.test_infer import randomize  # trained-like θ, s and BatchNorm statistics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_registry_builds_exactly_the_catalogued_models_with_their_facts():

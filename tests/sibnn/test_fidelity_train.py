@@ -37,6 +37,7 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_authors_weight_gradient_under_ddp_equals_the_single_process_gradient(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -27,6 +27,7 @@ def _train(digits, binarizer, epochs, seed=0, rho=0.3):
     return model, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binarizer,floor", [("fp", 95.0), ("sibnn", 90.0)])
 def test_digits_reaches_paper_like_accuracy_on_cpu(digits, binarizer, floor):
     model, state = _train(digits, binarizer, epochs=15)
@@ -134,7 +135,7 @@ def test_train_cli_rejects_unknown_arch_and_gpu_without_one(capsys):
 
 
 def test_train_cli_trains_mnist_from_idx_files(capsys, tmp_path):
-    from tests.test_small_data import make_mnist
+    from tests.sibnn.test_small_data import make_mnist
 
     make_mnist(tmp_path, n_train=64, n_test=32)
     rc = train_main(["--dataset", "mnist", "--data-root", str(tmp_path), "--epochs", "1", "--batch-size", "32"])

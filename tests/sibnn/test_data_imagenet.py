@@ -323,6 +323,7 @@ def test_one_pipeline_serves_every_epoch_and_a_restart_at_an_epoch_boundary_sees
     assert resumed[2] == full[2] and resumed[3] == full[3]
 
 
+@pytest.mark.slow
 def test_worker_processes_read_the_same_batches_as_the_main_process(data):
     def epoch(py_workers):
         ld = loader(data, "train", "webdataset", batch_size=5, seed=2, policy="paper", py_workers=py_workers)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from sibnn.infer import PackedModel, fpops, pack_model
 from sibnn.models import create_model
-from tests.test_infer import randomize, run_with_bits
+from tests.sibnn.test_infer import randomize, run_with_bits
 
 
 @pytest.mark.parametrize("size,k,s,p", [(7, 3, 2, 1), (8, 3, 2, 1), (13, 3, 2, 0), (6, 2, 2, 0), (55, 3, 2, 0),
