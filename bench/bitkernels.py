@@ -5,7 +5,7 @@ layer shapes of ResNet-18 (224 px) and AlexNet (227 px), at 1 and 2 threads. Pri
 
 ``--baseline``: also time an older bitkernels.c (the im2col + bgemm API of before the direct kernels: built here
 into its own .so, driven the old way), interleaved with the current kernels in the same process, same inputs.
-Weights and activations are random bits (timing does not depend on their values; tests/test_infer_kernels.py
+Weights and activations are random bits (timing does not depend on their values; tests/sibnn/test_infer_kernels.py
 covers exactness). The ResNet convs run with the fused epilogue the runtime uses (α·BN, + shortcut in unit 2).
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ data)
   # longer epochs amortise the per-epoch pipeline rebuild, as ImageNet's 5,000 batches an epoch do
   timeout 150 python3 bench/data.py --device gpu --policies rrc --images 65536 --seconds 15 2>&1 | tee -a "$OUT/data_gpu.txt"
   timeout 200 python3 bench/data.py --device gpu --policies rrc,paper --images 131072 --seconds 20 2>&1 | tee -a "$OUT/data_gpu.txt"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_data_imagenet.py 2>&1 | tee "$OUT/gpu_tests.txt"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sibnn/test_data_imagenet.py 2>&1 | tee "$OUT/gpu_tests.txt"
   python3 -m sibnn.data.synthetic --out /tmp/synth --classes 8 --per-class 64 --val-per-class 16 > /dev/null
   timeout 150 python3 -m sibnn.train --dataset imagenet --data-root /tmp/synth --arch resnet18 --policy rrc \
     --epochs 3 --batch-size 64 --device cuda --amp --channels-last 2>&1 | tee "$OUT/train_e2e.txt"

@@ -11,7 +11,7 @@
 # The wheels come as chunks stashed in /tmp/chunks by earlier calls (bench/gpu_pack.sh prints the calls).
 #
 #   bash bench/gpu_e2e.sh --dry-run   # the same steps on a CPU machine: tiny sizes, no wheels, a Ray head that
-#                                     # declares one fake GPU (training falls back to the CPU); tests/test_gpu_e2e.py
+#                                     # declares one fake GPU (training falls back to the CPU); tests/bench/test_gpu_e2e.py
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0; [ "${1:-}" = "--dry-run" ] && DRY=1
@@ -103,7 +103,7 @@ tail -6 "$OUT/jobs_pack.txt"; cat "$OUT/packing.txt" 2>/dev/null || echo "packin
 if [ $DRY = 0 ]; then
   log "fused-binarizer tests on the GPU"
   SIBNN_FUSED_DEVICE=cuda SIBNN_EXPECT_TRITON=1 step tests timeout 120 $PY -m pytest -q -p no:cacheprovider \
-    tests/test_fused.py -k "float32_reference or compiles" > "$OUT/tests.txt" 2>&1; tail -5 "$OUT/tests.txt"
+    tests/sibnn/test_fused.py -k "float32_reference or compiles" > "$OUT/tests.txt" 2>&1; tail -5 "$OUT/tests.txt"
 fi
 log "done (exit $rc)"
 exit $rc

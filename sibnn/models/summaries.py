@@ -2,7 +2,7 @@
 (and through it the API's ``GET /models``) reads:
 
     python -m sibnn.models.summaries --write     # after changing an architecture
-    python -m sibnn.models.summaries --check     # exit 1 if the file is not current (tests/test_catalog.py)
+    python -m sibnn.models.summaries --check     # exit 1 if the file is not current (tests/sibnn/test_catalog.py)
 
 A summary runs one forward pass at the paper's input size (``sibnn.summary.summarize``): about a minute for all
 models and binarizers on two cores, which is why the API reads the result instead of computing it.
