@@ -15,7 +15,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from sibnn.catalog import BINARIZER_NAMES, DATA_FORMATS, DATASET_KINDS, DATASETS, POLICIES, RHO_DEFAULT, WEIGHT_GRADS
 from sibnn.catalog import model_names as list_models
-from sibnn.catalog import takes_rho
+from sibnn.catalog import binarizer_info, takes_rho  # binarizer_info: the service reads it through the spec
 
 SPEC_VERSION = 1
 

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from jobs.spec import ExperimentSpec, TrialSpec
+from sibnn.catalog import binarizer_info
 
 TAG_EXPERIMENT = "sibnn.experiment_id"
 TAG_ROLE = "sibnn.role"
@@ -144,13 +145,10 @@ def dataset_input(spec: ExperimentSpec) -> DatasetInput:
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train+val")])
 
 
-BINARIZER_LABELS = {"sibnn": "Si-BNN", "sibnn_layer": "Si-BNN (per-layer)", "sign": "sign-BNN", "fp": "FP"}
-
-
 def run_name(trial: TrialSpec) -> str:
     """A trial run's name as the MLflow UI lists it and its charts' legends show it: ``Si-BNN ρ=0.3 · seed 0 ·
     mlp_small`` (the machine id stays in the ``sibnn.trial_id`` tag)."""
-    what = BINARIZER_LABELS.get(trial.binarizer, trial.binarizer)
+    what = binarizer_info(trial.binarizer).label
     if trial.rho is not None:
         what += f" ρ={trial.rho:g}"
     return f"{what} · seed {trial.seed} · {trial.arch}"

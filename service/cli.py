@@ -417,6 +417,7 @@ def demo(port: int = typer.Option(8000, help="API port"),
     two seeds), show progress, print the results, the paper's claims with holds / does not hold, and the MLflow UI
     link."""
     from jobs.presets import PRESETS
+    from jobs.spec import RHO_DEFAULT
 
     if preset not in PRESETS:
         _fail(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
@@ -435,7 +436,7 @@ def demo(port: int = typer.Option(8000, help="API port"),
         api = Api(info.api_url, info.api_token)
         spec = json.loads(json.dumps(PRESETS[preset]))
         if quick:
-            spec["grid"].update(binarizer=["sibnn", "sign"], rho=[0.3], seed=[0])
+            spec["grid"].update(binarizer=["sibnn", "sign"], rho=[RHO_DEFAULT], seed=[0])
             spec["recipe"]["epochs"] = 2
         if epochs is not None:
             spec["recipe"]["epochs"] = epochs

@@ -10,7 +10,7 @@ from collections import defaultdict
 from mlflow.tracking import MlflowClient
 
 from jobs import tracking
-from jobs.spec import BINARIZER_NAMES, ExperimentSpec, takes_rho  # sibnn.catalog's, as the spec validates them
+from jobs.spec import BINARIZER_NAMES, ExperimentSpec, binarizer_info, takes_rho  # sibnn.catalog's, as the spec validates them
 
 # METHOD.md §5: ImageNet top-1 / top-5 (%) of Si-BNN as published. Keyed by (arch, recipe name). ``top5_approx``:
 # the top-5 is read off a figure, not stated. The AAAI paper has no ResNet-50 number: 68.3 is the journal's, so it
@@ -34,12 +34,7 @@ PUBLISHED_COMPARATORS = {
 }
 # What the "sparsity" column measures, per binarizer: the binary code's zeros for Si-BNN (the paper's sparsity);
 # for the FP baseline only the fraction of ReLU outputs that are zero, which is not the same quantity.
-SPARSITY_MEANING = {
-    "sibnn": "fraction of zeros in the binary activations",
-    "sibnn_layer": "fraction of zeros in the binary activations",
-    "sign": "fraction of zeros in the binary activations (always 0 for ±1 codes)",
-    "fp": "fraction of ReLU outputs that are zero (full precision; not binary sparsity)",
-}
+SPARSITY_MEANING = {name: binarizer_info(name).sparsity for name in BINARIZER_NAMES}
 RHO_ABLATION_NOTE = ("AAAI Table 2 ablates ρ for AlexNet on ImageNet; METHOD.md records no per-ρ values, so no paper "
                      "column is shown. The paper's choice is ρ = 0.3; a reproduction sweeps ρ ∈ {0, 0.1, 0.3, 0.5, "
                      "0.75, 1}. Claims to check: an intermediate ρ beats ρ = 0 and ρ = 1.")

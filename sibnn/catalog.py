@@ -22,14 +22,22 @@ class Binarizer:
     takes_rho: bool   # the backward window's ρ is a parameter of this binarizer
     packable: bool    # a model with it can be bit-packed by sibnn.infer ({0, 1} codes, binary weights)
     description: str
+    label: str        # the short name MLflow run names and tables show
+    sparsity: str     # what the "sparsity" metric means for it
 
+
+_BINARY_ZEROS = "fraction of zeros in the binary activations"
 
 # In the order the tables list them.
 BINARIZERS: dict[str, Binarizer] = {b.name: b for b in (
-    Binarizer("sibnn", True, True, "Si-BNN: {0, +1} activations, trainable per-channel θ and s (the paper)"),
-    Binarizer("sibnn_layer", True, True, "Si-BNN with one θ and s per layer (ablation)"),
-    Binarizer("sign", False, False, "sign-BNN: ±1 activations, hardtanh straight-through (the paper's baseline)"),
-    Binarizer("fp", False, False, "full precision: ReLU activations, real weights (the upper bound)"),
+    Binarizer("sibnn", True, True, "Si-BNN: {0, +1} activations, trainable per-channel θ and s (the paper)",
+              "Si-BNN", _BINARY_ZEROS),
+    Binarizer("sibnn_layer", True, True, "Si-BNN with one θ and s per layer (ablation)",
+              "Si-BNN (per-layer)", _BINARY_ZEROS),
+    Binarizer("sign", False, False, "sign-BNN: ±1 activations, hardtanh straight-through (the paper's baseline)",
+              "sign-BNN", _BINARY_ZEROS + " (always 0 for ±1 codes)"),
+    Binarizer("fp", False, False, "full precision: ReLU activations, real weights (the upper bound)",
+              "FP", "fraction of ReLU outputs that are zero (full precision; not binary sparsity)"),
 )}
 BINARIZER_NAMES: tuple[str, ...] = tuple(BINARIZERS)
 
