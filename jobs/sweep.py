@@ -4,6 +4,11 @@ Tune runs a *driver function* per trial (``run_trial``) that asks for a sliver o
 TorchTrainer; Train's ``TuneReportCallback`` forwards the workers' reports to Tune. Names are derived from the
 experiment id (Tune experiment ``sibnn-<id>``, Train run ``<id>-<trial id>``) under one shared ``storage_path``,
 so a restarted driver restores the Tune experiment and every unfinished Train run resumes from its last checkpoint.
+
+The spec's ``resources.runner = "tune"`` trains each (single-worker CPU) trial in the Tune trial's own process
+instead: the trial asks for its worker's CPUs, reports and checkpoints through Tune, and Tune's failure handling
+resumes it. No Ray Train actors are started: for a small model on a small machine their start-up (six processes
+per trial) costs more than the training (docs/demo.md).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from jobs import tracking
 from jobs.spec import ExperimentSpec, TrialSpec
-from jobs.train_loop import CHECKPOINT_FILE, train_loop_per_worker
+from jobs.train_loop import CHECKPOINT_FILE, train_in_tune_trial, train_loop_per_worker
 from sibnn.catalog import binarizer_info
 from sibnn.trial import input_shape, model_from_checkpoint
 
@@ -77,18 +82,25 @@ def cluster_capacity(resources: dict) -> dict:
     return cap
 
 
+def _trial_cpus(spec: ExperimentSpec) -> float:
+    """CPUs one trial holds: its workers' and its driver's sliver (runner "train"), or its one process's."""
+    r = spec.resources
+    return r.cpus_per_worker if r.runner == "tune" else r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU
+
+
 def check_feasible(spec: ExperimentSpec, resources: dict) -> None:
     """Fail fast when one trial cannot fit the cluster even at its full size (``cluster_capacity``)."""
     r = spec.resources
     cap = cluster_capacity(resources)
-    need_cpu = r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU
+    need_cpu = _trial_cpus(spec)
     need_gpu = r.workers_per_trial * r.gpus_per_worker
     if need_cpu > cap["CPU"] + 1e-9 or need_gpu > cap["GPU"] + 1e-9:
         grows = (f" ({MAX_GPUS_ENV}={os.environ.get(MAX_GPUS_ENV)}, {MAX_CPUS_ENV}={os.environ.get(MAX_CPUS_ENV)})"
                  if os.environ.get(MAX_GPUS_ENV) or os.environ.get(MAX_CPUS_ENV) else "")
         raise InfeasibleTrialError(
             f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (resources: {r.workers_per_trial} workers × "
-            f"{r.cpus_per_worker:g} CPUs, {r.gpus_per_worker:g} GPUs, plus {DRIVER_CPU} CPU for its driver), the "
+            f"{r.cpus_per_worker:g} CPUs, {r.gpus_per_worker:g} GPUs"
+            f"{'' if r.runner == 'tune' else f', plus {DRIVER_CPU} CPU for its driver'}), the "
             f"Ray cluster can have at most {cap['CPU']:g} CPUs and {cap['GPU']:g} GPUs{grows}; lower the resources "
             f"or add nodes (an autoscaling cluster: set {MAX_GPUS_ENV} / {MAX_CPUS_ENV} on the head to its size "
             f"at maxReplicas)")
@@ -101,13 +113,16 @@ def max_concurrent_trials(spec: ExperimentSpec, resources: dict) -> int:
     if r.gpus_per_worker > 0:
         fit = cap["GPU"] // (r.workers_per_trial * r.gpus_per_worker)
     else:
-        fit = cap["CPU"] // (r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU)
+        fit = cap["CPU"] // _trial_cpus(spec)
     return max(1, min(int(fit), len(spec.trials())))
 
 
-def driver_resources(resources: dict) -> dict:
+def driver_resources(resources: dict, spec: ExperimentSpec | None = None) -> dict:
     """What each Tune driver function asks for: a sliver of CPU, and of the head's driver resource when the
-    cluster declares it (a cluster that does not, e.g. a bare ``ray.init()``, runs the drivers anywhere)."""
+    cluster declares it (a cluster that does not, e.g. a bare ``ray.init()``, runs the drivers anywhere). A trial
+    of runner "tune" trains in that process: it asks for its worker's CPUs, on any node."""
+    if spec is not None and spec.resources.runner == "tune":
+        return {"CPU": spec.resources.cpus_per_worker}
     out = {"CPU": DRIVER_CPU}
     if resources.get(DRIVER_RESOURCE, 0) > 0:
         out[DRIVER_RESOURCE] = DRIVER_RESOURCE_SHARE
@@ -116,12 +131,24 @@ def driver_resources(resources: dict) -> dict:
 
 def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path: str, mlflow_uri: str,
               parent_run_id: str, data_root: str | None, data_fingerprint: str) -> None:
-    """Tune driver function: one trial = one TorchTrainer, with its MLflow child run created or resumed by tag."""
+    """Tune driver function: one trial = one TorchTrainer (or, runner "tune", the training loop in this process),
+    with its MLflow child run created or resumed by tag."""
     spec = ExperimentSpec.model_validate_json(spec_json)
     trial = TrialSpec.model_validate(config["trial"])
     client = tracking.client(mlflow_uri)
     run_id = tracking.ensure_trial_run(client, experiment_id, parent_run_id, spec, trial)
     res = spec.resources
+    loop_config = {"spec": spec.model_dump(mode="json"), "trial": trial.model_dump(), "mlflow_uri": mlflow_uri,
+                   "mlflow_run_id": run_id, "data_root": data_root, "data_fingerprint": data_fingerprint}
+    if res.runner == "tune":
+        try:
+            best = train_in_tune_trial(loop_config)
+        except Exception as e:  # Tune retries the trial from its last checkpoint (FailureConfig); the run says why
+            client.set_tag(run_id, "sibnn.error", f"{type(e).__name__}: {e}"[:5000])
+            tracking.set_trial_state(client, run_id, "FAILED")
+            raise
+        finish_trial(client, run_id, best, spec, trial)
+        return
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker}
     if use_gpu:
@@ -131,9 +158,7 @@ def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path:
         # Ray's default: NCCL when the workers have GPUs; SIBNN_TORCH_BACKEND overrides it (gloo on a cluster
         # whose GPUs torch cannot use, e.g. the scheduling tests' fake GPUs).
         torch_config=TorchConfig(backend=os.environ.get(TORCH_BACKEND_ENV) or None),
-        train_loop_config={"spec": spec.model_dump(mode="json"), "trial": trial.model_dump(),
-                           "mlflow_uri": mlflow_uri, "mlflow_run_id": run_id, "data_root": data_root,
-                           "data_fingerprint": data_fingerprint},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers_per_trial, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -149,11 +174,13 @@ def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path:
         client.set_tag(run_id, "sibnn.error", f"{type(e).__name__}: {e}"[:5000])
         tracking.set_trial_state(client, run_id, "FAILED")
         raise
-    finish_trial(client, run_id, result, spec, trial)
+    best = result.get_best_checkpoint("val_top1", "max") if result.best_checkpoints else None
+    finish_trial(client, run_id, best, spec, trial)
 
 
-def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: TrialSpec) -> None:
-    """Final metrics, the best checkpoint's location and the model summary on the trial's run."""
+def finish_trial(client, run_id: str, best, spec: ExperimentSpec, trial: TrialSpec) -> None:
+    """Final metrics, the best checkpoint's (a Ray Checkpoint, or None) location and the model summary on the
+    trial's run."""
     import torch
 
     from sibnn.summary import summarize
@@ -165,7 +192,6 @@ def finish_trial(client, run_id: str, result, spec: ExperimentSpec, trial: Trial
     final = {"best_val_top1": max(hist.values()), "best_val_top5": max(hist5.values()),
              "final_val_top1": hist[last], "final_val_top5": hist5[last],
              "wall_time_s": sum(m.value for m in secs)} if hist else {}
-    best = result.get_best_checkpoint("val_top1", "max") if result.best_checkpoints else None
     if best is not None:
         client.set_tag(run_id, tracking.TAG_BEST_CHECKPOINT, checkpoint_uri(best))
         with best.as_directory() as d:  # a local folder, downloaded when the storage is an object store
@@ -282,7 +308,7 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
     driver = partial(run_trial, spec_json=spec.model_dump_json(), experiment_id=experiment_id,
                      storage_path=storage_path, mlflow_uri=mlflow_uri, parent_run_id=parent, data_root=data_root,
                      data_fingerprint=data_fingerprint)
-    trainable = tune.with_resources(driver, driver_resources(resources))
+    trainable = tune.with_resources(driver, driver_resources(resources, spec))
     name = tracking.experiment_name(experiment_id)
     # A string join, not Path: storage_path may be a URI (s3://bucket/runs), which Path folds to s3:/bucket/runs.
     path = f"{storage_path.rstrip('/')}/{name}"
@@ -300,7 +326,7 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
                                         reuse_actors=True,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
-                                      failure_config=tune.FailureConfig(max_failures=TUNE_MAX_FAILURES)),
+                                      **_tune_checkpointing(spec)),
         )
     grid = tuner.fit()
     failed = sorted(r.config["trial"]["trial_id"] for r in grid if r.error is not None)
@@ -312,6 +338,17 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
     log_sweep_report(client, parent, experiment_id, spec, rows)
     tracking.set_trial_state(client, parent, "FAILED" if failed else "FINISHED")
     return SweepOutcome(parent, rows, failed)
+
+
+def _tune_checkpointing(spec: ExperimentSpec) -> dict:
+    """Runner "train": Train keeps the checkpoints and survives worker crashes; Tune retries a failed driver.
+    Runner "tune": the trial's process is its only worker, so Tune keeps its checkpoints (as Train would: the two
+    best by val_top1, and the latest) and retries it as often as Train would restart a crashed worker."""
+    if spec.resources.runner == "train":
+        return {"failure_config": tune.FailureConfig(max_failures=TUNE_MAX_FAILURES)}
+    return {"failure_config": tune.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
+            "checkpoint_config": tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_top1",
+                                                       checkpoint_score_order="max")}
 
 
 def _trial_name(trial) -> str:

@@ -6,16 +6,23 @@ over ranks. Every rank calls ``ray.train.report`` each epoch; rank 0 attaches th
 scheduler, epoch, RNG state, history) and is the only one that writes to MLflow. On a restart after a failure the
 loop resumes from ``ray.train.get_checkpoint()`` and first backfills any epoch MLflow missed, so a run's history
 has every epoch exactly once.
+
+The same loop runs in two places (``Session``): a Ray Train worker (``train_loop_per_worker``, the default runner) or
+the trial's own Ray Tune process (``train_in_tune_trial``, the spec's ``resources.runner = "tune"``: one CPU
+process, no Ray Train actors; it reports and resumes through Tune's checkpoints instead of Train's).
 """
 from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import ray.train
 import ray.train.torch
 import torch
+from ray import tune
 import torch.distributed as dist
 
 from mlflow.entities import RunTag
@@ -54,23 +61,72 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out.cpu()
 
 
+@dataclass
+class Session:
+    """Where the loop runs: this process's rank among ``world``, its device, how to wrap the model (DDP), how to
+    report an epoch (metrics, and a checkpoint folder on rank 0) and the checkpoint to resume from."""
+
+    rank: int
+    world: int
+    device: torch.device
+    report: Callable[[dict, str | None], None]
+    resume_from: Callable[[], object]  # a Ray (Train or Tune) Checkpoint, or None
+    prepare: Callable | None = None
+
+
 def train_loop_per_worker(config: dict) -> None:
-    spec = ExperimentSpec.model_validate(config["spec"])
-    trial = TrialSpec.model_validate(config["trial"])
+    """Ray Train's per-worker function (runner "train")."""
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         # GPUs Ray handed out that torch cannot see (a test cluster declaring fake GPUs): train on the CPU
         device = torch.device("cpu")
+
+    def report(scalars: dict, folder: str | None) -> None:
+        ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+    run_trial_loop(config, Session(
+        rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=device, report=report,
+        resume_from=ray.train.get_checkpoint,
+        prepare=lambda m: ray.train.torch.prepare_model(m, move_to_device=device)))
+
+
+def train_in_tune_trial(config: dict):
+    """Runner "tune": the whole trial in this Tune trial's process, on its CPU. Each epoch goes to
+    ``tune.report`` with its checkpoint, which Tune persists under the trial's folder (and keeps per the sweep's
+    ``CheckpointConfig``); a retried or restored trial resumes from ``tune.get_checkpoint()``. Returns the best
+    persisted checkpoint by val_top1 (the latest of equals, as Tune ranks them) among those this process reported
+    or resumed from."""
+    best = {"val": float("-inf"), "checkpoint": None}
+    resumed = tune.get_checkpoint()
+    if resumed is not None:
+        best["checkpoint"] = resumed
+        with resumed.as_directory() as d:
+            hist = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["state"]["history"]
+        best["val"] = hist[-1]["val_top1"] if hist else float("-inf")
+
+    def report(scalars: dict, folder: str | None) -> None:
+        tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+        if folder and scalars["val_top1"] >= best["val"]:
+            # after a report, Tune's latest checkpoint is the one it just persisted
+            best.update(val=scalars["val_top1"], checkpoint=tune.get_checkpoint())
+
+    run_trial_loop(config, Session(rank=0, world=1, device=torch.device("cpu"), report=report,
+                                   resume_from=lambda: resumed))
+    return best["checkpoint"]
+
+
+def run_trial_loop(config: dict, session: Session) -> None:
+    spec = ExperimentSpec.model_validate(config["spec"])
+    trial = TrialSpec.model_validate(config["trial"])
+    rank, world, device = session.rank, session.world, session.device
     cfg = trial_config(spec, trial, data_root=config.get("data_root"), use_cuda=device.type == "cuda")
     # this rank's shard of the data; the model wrapped for DDP when world > 1
-    t = build_trial(cfg, device=device, shard_id=rank, num_shards=world,
-                    prepare=lambda m: ray.train.torch.prepare_model(m, move_to_device=device))
+    t = build_trial(cfg, device=device, shard_id=rank, num_shards=world, prepare=session.prepare)
     t.extra["trial"] = trial.model_dump()
 
     state = TrainState()
-    ckpt = ray.train.get_checkpoint()
+    ckpt = session.resume_from()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = t.restore(torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=False))
@@ -100,14 +156,14 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(t.checkpoint(st), Path(d) / CHECKPOINT_FILE)
-                ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
-            # An epoch can run twice: when the cluster dies after MLflow got it but before Train recorded its
-            # checkpoint, the resumed run repeats it. MLflow keeps the first; each epoch appears exactly once.
+                session.report(scalars, d)
+            # An epoch can run twice: when the cluster dies after MLflow got it but before the checkpoint was
+            # recorded, the resumed run repeats it. MLflow keeps the first; each epoch appears exactly once.
             if epoch not in logged:
                 tracking.log_epoch(client, run_id, epoch, metrics)
                 logged.add(epoch)
         else:
-            ray.train.report(scalars)
+            session.report(scalars, None)
         epoch_start[0] = time.perf_counter()
 
     t.fit(state, reduce=_all_reduce_sum, on_epoch=on_epoch)

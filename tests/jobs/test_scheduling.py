@@ -14,12 +14,12 @@ from jobs.sweep import (DRIVER_RESOURCE, InfeasibleTrialError, check_feasible, d
                         max_concurrent_trials, run_sweep)
 
 
-def _spec(trials: int, gpus_per_worker: float = 0, workers: int = 1, cpus: float = 0.5):
+def _spec(trials: int, gpus_per_worker: float = 0, workers: int = 1, cpus: float = 0.5, runner: str = "train"):
     return parse_spec({"name": "sched", "dataset": {"kind": "digits"},
                        "grid": {"arch": ["digits_cnn"], "binarizer": ["fp"], "seed": list(range(trials))},
                        "recipe": {"epochs": 1, "batch_size": 256},
                        "resources": {"workers_per_trial": workers, "cpus_per_worker": cpus,
-                                     "gpus_per_worker": gpus_per_worker}})
+                                     "gpus_per_worker": gpus_per_worker, "runner": runner}})
 
 
 # --- the arithmetic (fast) ----------------------------------------------------------------------------------------
@@ -59,6 +59,17 @@ def test_a_trial_larger_than_the_cluster_can_ever_be_is_refused_with_the_reason(
 def test_drivers_ask_for_the_head_resource_only_where_the_cluster_declares_it():
     assert driver_resources({"CPU": 4.0, DRIVER_RESOURCE: 1.0}) == {"CPU": 0.01, DRIVER_RESOURCE: 0.01}
     assert driver_resources({"CPU": 4.0}) == {"CPU": 0.01}  # a bare ray.init(): anywhere
+
+
+def test_a_tune_runner_trial_holds_its_own_cpus_anywhere_and_no_driver_sliver():
+    spec = _spec(5, runner="tune")
+    # it trains in that process: its worker's CPUs, on any node (not the head's driver resource)
+    assert driver_resources({"CPU": 4.0, DRIVER_RESOURCE: 1.0}, spec) == {"CPU": 0.5}
+    assert max_concurrent_trials(spec, {"CPU": 2.0}) == 4  # 2 CPUs / 0.5
+    assert max_concurrent_trials(_spec(5), {"CPU": 2.0}) == 3  # as Ray Train runs: 2 / (0.5 + 0.01 for the driver)
+    with pytest.raises(InfeasibleTrialError, match=r"needs 0.5 CPUs and 0 GPUs \(resources: 1 workers × 0.5 CPUs, "
+                                                   r"0 GPUs\), the Ray cluster can have at most 0.25 CPUs"):
+        check_feasible(spec, {"CPU": 0.25})
 
 
 # --- real sweeps on a head with fake GPUs (slow) ------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_synthetic_requests_are_bounded():
                               "dataset": big})["dataset.synthetic_per_class"]
 
 
-def test_mnist5k_demo_preset_compares_three_rhos_sign_and_fp_over_two_seeds_with_no_root():
+def test_mnist5k_demo_preset_compares_three_rhos_sign_and_fp_over_several_seeds_with_no_root():
     spec = preset("mnist5k")
     assert spec.dataset.kind == "mnist5k" and spec.dataset.root is None
     kinds = {(t.binarizer, t.rho) for t in spec.trials()}
@@ -117,6 +117,28 @@ def test_mnist5k_demo_preset_compares_three_rhos_sign_and_fp_over_two_seeds_with
     assert len(spec.grid.seed) >= 2 and len(spec.trials()) == 5 * len(spec.grid.seed)
     with pytest.raises(SpecError, match="dataset.root"):
         parse_spec({**BASE, "dataset": {"kind": "mnist5k", "root": "/x"}})
+
+
+def test_runner_tune_is_for_single_worker_cpu_trials_and_named_when_wrong():
+    res = {"runner": "tune", "cpus_per_worker": 0.5}
+    assert parse_spec({**BASE, "resources": res}).resources.runner == "tune"
+    for bad in ({"workers_per_trial": 2}, {"gpus_per_worker": 1}):
+        assert "workers_per_trial 1 and gpus_per_worker 0" in _errors({**BASE, "resources": {**res, **bad}})[
+            "resources.runner"]
+    assert "'train' or 'tune'" in _errors({**BASE, "resources": {"runner": "ray"}})["resources.runner"]
+    # the same multi-worker or GPU trial is fine as a Ray Train run, the default
+    train = parse_spec({**BASE, "resources": {"workers_per_trial": 2, "gpus_per_worker": 1}})
+    assert train.resources.runner == "train"
+
+
+def test_the_default_runner_leaves_the_spec_json_and_fingerprint_as_before_it_existed():
+    spec = parse_spec(BASE)
+    assert "runner" not in json.loads(spec.model_dump_json())["resources"]
+    tuned = parse_spec({**BASE, "resources": {"runner": "tune"}})
+    assert json.loads(tuned.model_dump_json())["resources"]["runner"] == "tune"
+    assert parse_spec(tuned.model_dump_json()).resources.runner == "tune"  # round trip keeps it
+    assert tuned.fingerprint() != spec.fingerprint()
+    assert parse_spec({**BASE, "resources": {"runner": "train"}}).fingerprint() == spec.fingerprint()
 
 
 def test_a_grid_without_sibnn_round_trips_through_its_json():

@@ -130,35 +130,49 @@ def test_two_worker_ddp_trial_on_synthetic_jpegs_through_dali(local_ray, mlflow_
     assert os.path.isdir(tags[tracking.TAG_BEST_CHECKPOINT])
 
 
-def test_killed_worker_resumes_from_last_checkpoint_without_missing_epochs(local_ray, mlflow_uri, tmp_path):
+def _actors(local_ray, class_name: str, state: str | None = None) -> list:
     from ray.util.state import list_actors
 
+    filters = [("class_name", "=", class_name)] + ([("state", "=", state)] if state else [])
+    # ours, not another cluster on the machine
+    return list_actors(address=local_ray.address_info["address"], filters=filters, limit=10_000)
+
+
+def _sweep_with_a_kill(local_ray, c, spec, experiment_id: str, storage, mlflow_uri, actor_class: str) -> tuple:
+    """Run the sweep while a thread SIGKILLs the newest live ``actor_class`` process once the (first) trial has
+    logged two epochs; returns the outcome and what was killed (pid, epochs logged by then). The process is looked
+    up as soon as the trial's run exists (the state API can take seconds on a busy machine), killed later."""
+    killed = {}
+
+    def kill_mid_run():
+        deadline = time.monotonic() + 240
+        pid = None
+        while time.monotonic() < deadline and not killed:
+            runs = tracking.trial_runs(c, experiment_id)
+            if runs and pid is None:
+                live = _actors(local_ray, actor_class, "ALIVE")
+                pid = live[-1].pid if live else None
+            if pid is not None and len(tracking.logged_epochs(c, runs[0].info.run_id)) >= 2:
+                killed["epochs_logged"] = len(tracking.logged_epochs(c, runs[0].info.run_id))
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_mid_run, daemon=True)
+    killer.start()
+    out = run_sweep(spec, experiment_id, storage_path=str(storage), mlflow_uri=mlflow_uri, data_root=None,
+                    data_fingerprint="test")
+    killer.join(5)
+    return out, killed
+
+
+def test_killed_worker_resumes_from_last_checkpoint_without_missing_epochs(local_ray, mlflow_uri, tmp_path):
     epochs = 8
     spec = _spec(recipe={"epochs": epochs, "batch_size": 16},
                  resources={"workers_per_trial": 2, "cpus_per_worker": 0.5})
     c = tracking.client(mlflow_uri)
-    killed = {}
-
-    def kill_a_worker_mid_run():
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed:
-            runs = tracking.trial_runs(c, "fault")
-            if runs and len(tracking.logged_epochs(c, runs[0].info.run_id)) >= 2:
-                workers = list_actors(address=local_ray.address_info["address"],  # ours, not another cluster
-                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-                if workers:
-                    pid = workers[-1].pid
-                    killed["epochs_logged"] = len(tracking.logged_epochs(c, runs[0].info.run_id))
-                    os.kill(pid, signal.SIGKILL)
-                    killed["pid"] = pid
-                    return
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
-    killer.start()
-    out = run_sweep(spec, "fault", storage_path=str(tmp_path), mlflow_uri=mlflow_uri, data_root=None,
-                    data_fingerprint="test")
-    killer.join(5)
+    out, killed = _sweep_with_a_kill(local_ray, c, spec, "fault", tmp_path, mlflow_uri, "RayTrainWorker")
     assert "pid" in killed, "the drill killed a worker"
     assert killed["epochs_logged"] < epochs, "the worker died before the trial finished"
     assert out.failed == []
@@ -167,6 +181,55 @@ def test_killed_worker_resumes_from_last_checkpoint_without_missing_epochs(local
     steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "val_top1")]
     assert sorted(steps) == list(range(1, epochs + 1)), "every epoch exactly once"
     assert runs[0].info.status == "FINISHED"
+
+
+def test_tune_runner_trains_in_the_trial_process_and_resumes_after_a_crash(local_ray, mlflow_uri, tmp_path):
+    """runner "tune": no Ray Train run is started; the trial's own process is killed mid-run and Tune resumes it
+    from its last checkpoint, every epoch logged once; the best checkpoint and the model reach MLflow."""
+    import json
+
+    import torch
+
+    epochs = 10
+    spec = _spec(recipe={"epochs": epochs, "batch_size": 16}, resources={"runner": "tune", "cpus_per_worker": 0.5})
+    c = tracking.client(mlflow_uri)
+    controllers_before = len(_actors(local_ray, "TrainController"))
+    # the one trial's process: Tune's function-trainable actor
+    out, killed = _sweep_with_a_kill(local_ray, c, spec, "tunerunner", tmp_path, mlflow_uri, "ImplicitFunc")
+    assert "pid" in killed, "the drill killed a trial process"
+    assert killed["epochs_logged"] < epochs, "the process died before its trial finished"
+    assert out.failed == []
+    assert len(_actors(local_ray, "TrainController")) == controllers_before, "no Ray Train run was started"
+    (run,) = tracking.trial_runs(c, "tunerunner")  # one MLflow run, resumed, not a second one
+    top1 = c.get_metric_history(run.info.run_id, "val_top1")
+    assert sorted(m.step for m in top1) == list(range(1, epochs + 1)), "every epoch exactly once"
+    assert run.info.status == "FINISHED"
+    # what Tune received: the resumed process went on from its checkpoint, it did not start over at epoch 1
+    trial_dir = tmp_path / tracking.experiment_name("tunerunner") / "digits_cnn-sibnn-rho0.3-s0"
+    reported = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert reported.count(1) == 1 and sorted(set(reported)) == list(range(1, epochs + 1)), reported
+    best_dir = run.data.tags[tracking.TAG_BEST_CHECKPOINT]
+    assert os.path.isdir(best_dir) and best_dir.startswith(str(trial_dir)), "Tune persisted the checkpoint"
+    hist = torch.load(os.path.join(best_dir, "checkpoint.pt"), weights_only=False)["state"]["history"]
+    assert hist[-1]["val_top1"] == max(m.value for m in top1), "the checkpoint named best holds the best epoch"
+    assert "checkpoint" in {a.path for a in c.list_artifacts(run.info.run_id)}, "the best model is in MLflow"
+    assert out.rows[0]["packed_file_bytes"] > 0, "the Si-BNN model is packed"
+
+
+def test_tune_runner_trains_exactly_what_a_single_worker_ray_train_run_trains(local_ray, mlflow_uri, tmp_path):
+    """Same trial, both runners: the same loop and the same seed give the same per-epoch metrics, bit for bit."""
+    histories = {}
+    for runner in ("train", "tune"):
+        spec = _spec(recipe={"epochs": 2, "batch_size": 32}, resources={"runner": runner, "cpus_per_worker": 0.5})
+        out = run_sweep(spec, f"same-{runner}", storage_path=str(tmp_path / runner), mlflow_uri=mlflow_uri,
+                        data_root=None, data_fingerprint="test")
+        assert out.failed == []
+        c = tracking.client(mlflow_uri)
+        (run,) = tracking.trial_runs(c, f"same-{runner}")
+        histories[runner] = {key: [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, key)]
+                             for key in ("val_top1", "train_loss", "sparsity_mean")}
+    assert len(histories["train"]["val_top1"]) == 2
+    assert histories["tune"] == histories["train"]
 
 
 def test_sigterm_cancels_cleanly_marks_runs_killed_and_keeps_checkpoints(mlflow_uri, tmp_path):
