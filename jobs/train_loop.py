@@ -22,8 +22,8 @@ from typing import Callable
 import ray.train
 import ray.train.torch
 import torch
-from ray import tune
 import torch.distributed as dist
+from ray import tune
 
 from mlflow.entities import RunTag
 
