@@ -137,13 +137,7 @@ def parse_args(argv=None):
 def _mark_killed(mlflow_uri: str, experiment_id: str) -> None:
     from jobs import tracking
 
-    c = tracking.client(mlflow_uri)
-    parent = tracking.parent_run(c, experiment_id)
-    for run in tracking.trial_runs(c, experiment_id):
-        if run.info.status in ("RUNNING", "SCHEDULED"):
-            tracking.set_trial_state(c, run.info.run_id, "KILLED")
-    if parent is not None:
-        tracking.set_trial_state(c, parent.info.run_id, "KILLED")
+    tracking.mark_killed(tracking.client(mlflow_uri), experiment_id)
     print(f"cancelled: MLflow runs of experiment {experiment_id} marked KILLED; checkpoints kept", flush=True)
 
 

@@ -188,6 +188,17 @@ def set_trial_state(c: MlflowClient, run_id: str, state: str) -> None:
         c.update_run(run_id, status="RUNNING")
 
 
+def mark_killed(c: MlflowClient, experiment_id: str) -> int:
+    """End every run of the experiment (its trials and the sweep run) that is still RUNNING or SCHEDULED as KILLED;
+    returns how many. The cancelled job's driver does this on SIGTERM; the service repeats it once Ray says the
+    job has stopped, for a driver that was killed before it could."""
+    runs = trial_runs(c, experiment_id) + [r for r in [parent_run(c, experiment_id)] if r is not None]
+    alive = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+    for run in alive:
+        set_trial_state(c, run.info.run_id, "KILLED")
+    return len(alive)
+
+
 def trial_runs(c: MlflowClient, experiment_id: str) -> list:
     exp = c.get_experiment_by_name(experiment_name(experiment_id))
     if exp is None:

@@ -260,16 +260,24 @@ def cancel_experiment(ctx: Context, exp_id: str) -> Experiment:
 
 
 def _refresh_ray_status(ctx: Context, exp_id: str, attempt: int, sid: str) -> None:
-    """Record what Ray now says about the attempt's job (after a stop the answer must not show the old RUNNING)."""
+    """Record what Ray now says about a cancelled experiment's job (after a stop the answer must not show the old
+    RUNNING). Once the job has ended, its MLflow runs still RUNNING are ended as KILLED: the job's driver does that
+    on SIGTERM, but Ray kills a driver that takes longer than its stop grace period."""
     try:
         state = ctx.ray.state(sid)
+        status, message, ended = state.status, clean_message(state.message, 4000), state.terminal
     except JobNotFound:
-        ctx.store.record_ray_state(exp_id, attempt, "LOST", None, ended=True)
+        status, message, ended = "LOST", None, True
     except RayUnavailable:
         return  # the reconciler records it on its next pass
-    else:
-        ctx.store.record_ray_state(exp_id, attempt, state.status, clean_message(state.message, 4000),
-                                   ended=state.terminal)
+    if ended:
+        try:
+            if n := ctx.mlflow_call(tracking.mark_killed, exp_id):
+                log.info("experiment %s: %d MLflow runs its stopped job left RUNNING ended as KILLED", exp_id, n)
+        except MlflowUnavailable as e:
+            log.warning("experiment %s: %s; its runs are ended on the next pass", exp_id, e)
+            return  # not recorded: the reconciler's next pass comes back here
+    ctx.store.record_ray_state(exp_id, attempt, status, message, ended=ended)
 
 
 # --- reconcile ----------------------------------------------------------------------------------------------------
