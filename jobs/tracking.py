@@ -98,14 +98,20 @@ def _find_runs(c: MlflowClient, mlflow_exp_id: str, filter_string: str):
 
 
 def ensure_parent_run(c: MlflowClient, experiment_id: str, spec: ExperimentSpec) -> str:
+    """The sweep run, created once. It logs the dataset input before any trial does: MLflow's store inserts a
+    dataset new to the experiment, and trial runs starting together would race on its unique key (one gets an
+    IntegrityError); once it exists they only link it."""
     mlflow_exp_id = ensure_experiment(c, experiment_id, spec)
     runs = _find_runs(c, mlflow_exp_id, f"tags.`{TAG_ROLE}` = 'parent'")
     if runs:
+        if not runs[0].inputs.dataset_inputs:  # a sweep run made before it logged its input
+            c.log_inputs(runs[0].info.run_id, datasets=[dataset_input(spec)])
         return runs[0].info.run_id
     run = c.create_run(mlflow_exp_id, run_name=spec.name,
                        tags={TAG_EXPERIMENT: experiment_id, TAG_ROLE: "parent",
                              TAG_SPEC_FINGERPRINT: spec.fingerprint(), TAG_NOTE: spec.description})
     c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in _flatten_spec(spec).items()])
+    c.log_inputs(run.info.run_id, datasets=[dataset_input(spec)])
     return run.info.run_id
 
 
