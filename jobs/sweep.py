@@ -137,18 +137,24 @@ def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path:
     trial = TrialSpec.model_validate(config["trial"])
     client = tracking.client(mlflow_uri)
     run_id = tracking.ensure_trial_run(client, experiment_id, parent_run_id, spec, trial)
-    res = spec.resources
     loop_config = {"spec": spec.model_dump(mode="json"), "trial": trial.model_dump(), "mlflow_uri": mlflow_uri,
                    "mlflow_run_id": run_id, "data_root": data_root, "data_fingerprint": data_fingerprint}
-    if res.runner == "tune":
-        try:
+    try:
+        if spec.resources.runner == "tune":
             best = train_in_tune_trial(loop_config)
-        except Exception as e:  # Tune retries the trial from its last checkpoint (FailureConfig); the run says why
-            client.set_tag(run_id, "sibnn.error", f"{type(e).__name__}: {e}"[:5000])
-            tracking.set_trial_state(client, run_id, "FAILED")
-            raise
-        finish_trial(client, run_id, best, spec, trial)
-        return
+        else:
+            best = _fit_ray_train(loop_config, spec, trial, experiment_id, storage_path)
+    except Exception as e:  # TrainingFailedError and friends: the trial's run says why, the sweep goes on
+        client.set_tag(run_id, "sibnn.error", f"{type(e).__name__}: {e}"[:5000])
+        tracking.set_trial_state(client, run_id, "FAILED")
+        raise
+    finish_trial(client, run_id, best, spec, trial)
+
+
+def _fit_ray_train(loop_config: dict, spec: ExperimentSpec, trial: TrialSpec, experiment_id: str,
+                   storage_path: str):
+    """Runner "train": the trial as one TorchTrainer run; returns its best checkpoint by val_top1 (or None)."""
+    res = spec.resources
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker}
     if use_gpu:
@@ -168,14 +174,8 @@ def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path:
                                                          checkpoint_score_order="max"),
             callbacks=[TuneReportCallback()]),
     )
-    try:
-        result = trainer.fit()
-    except Exception as e:  # TrainingFailedError and friends: the trial's run says why, the sweep goes on
-        client.set_tag(run_id, "sibnn.error", f"{type(e).__name__}: {e}"[:5000])
-        tracking.set_trial_state(client, run_id, "FAILED")
-        raise
-    best = result.get_best_checkpoint("val_top1", "max") if result.best_checkpoints else None
-    finish_trial(client, run_id, best, spec, trial)
+    result = trainer.fit()
+    return result.get_best_checkpoint("val_top1", "max") if result.best_checkpoints else None
 
 
 def finish_trial(client, run_id: str, best, spec: ExperimentSpec, trial: TrialSpec) -> None:
