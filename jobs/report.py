@@ -1,7 +1,9 @@
 """End-of-sweep artifacts on the parent run: the results table (an MLflow table, ``results.json``, that the UI shows
-and ``mlflow.load_table`` reads across runs; the same rows as ``results.csv``), accuracy vs ρ per architecture (the
-shape of the AAAI paper's Table 2, with sign and FP as reference lines) and the training curves of every trial —
-logged with MLflow's ``log_table`` / ``log_text`` / ``log_figure``, no temporary files."""
+and ``mlflow.load_table`` reads across runs; the same rows as ``results.csv``), the paper's tables of this experiment
+with every claim's verdict and interval (``tables.json``: ``jobs.results``, what ``GET /tables/...?experiment_id=``
+answers), accuracy vs ρ per architecture (the shape of the AAAI paper's Table 2, mean ± sample std over seeds, with
+sign and FP as reference lines) and the training curves of every trial — logged with MLflow's ``log_table`` /
+``log_text`` / ``log_dict`` / ``log_figure``, no temporary files."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jobs import tracking  # noqa: E402
+from jobs import results, tracking  # noqa: E402
 
 CSV_COLUMNS = ("trial_id", "arch", "binarizer", "rho", "seed", "state", "epochs", "final_top1", "final_top5",
                "best_top1", "best_top5", "sparsity", "theta_mean", "delta_mean", "wall_time_s", "images_per_s",
@@ -48,13 +50,13 @@ def rho_figure(rows: list[dict]):
         if pts:
             xs = [p[0] for p in pts]
             means = [statistics.mean(p[1]) for p in pts]
-            errs = [statistics.pstdev(p[1]) for p in pts]
+            errs = [results.sample_std(p[1]) for p in pts]  # the tables' convention
             ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label="Si-BNN")
         for (b, _), v in by_arch[arch].items():
             if b != "sibnn":
                 ax.axhline(statistics.mean(v), linestyle="--", color={"sign": "tab:red", "fp": "tab:green"}.get(
                     b, "tab:gray"), label=f"{b} ({statistics.mean(v):.1f})")
-        ax.set(title=f"{arch}: top-1 vs ρ", xlabel="ρ", ylabel="final top-1 (%)")
+        ax.set(title=f"{arch}: top-1 vs ρ (mean ± sample sd over seeds)", xlabel="ρ", ylabel="final top-1 (%)")
         ax.legend()
     fig.tight_layout()
     return fig
@@ -75,9 +77,17 @@ def curves_figure(client, rows: list[dict]):
     return fig
 
 
+def experiment_tables(experiment_id: str, spec, rows: list[dict]) -> dict:
+    """This experiment's paper tables and claims, as ``GET /tables/...?experiment_id=`` computes them."""
+    table_rows = results.finished({**r, "experiment_id": experiment_id, "dataset": spec.dataset.kind,
+                                   "recipe": spec.recipe.name} for r in rows)
+    return {"paper-comparison": results.paper_comparison(table_rows), "rho-ablation": results.rho_ablation(table_rows)}
+
+
 def log_sweep_report(client, parent_run_id: str, experiment_id: str, spec, rows: list[dict]) -> None:
     client.log_table(parent_run_id, data=results_table(rows), artifact_file="results.json")
     client.log_text(parent_run_id, results_csv(rows), "results.csv")
+    client.log_dict(parent_run_id, experiment_tables(experiment_id, spec, rows), "tables.json")
     for name, fig in (("accuracy_vs_rho.png", rho_figure(rows)), ("training_curves.png", curves_figure(client, rows))):
         try:
             client.log_figure(parent_run_id, fig, name, save_kwargs={"dpi": 100})

@@ -244,6 +244,15 @@ def result_row(run) -> dict:
     }
 
 
+def table_row(run) -> dict:
+    """A results row with what the paper's tables group by (``jobs.results``): the dataset and the recipe too."""
+    row = result_row(run)
+    p = run.data.params
+    row.update(experiment_id=run.data.tags.get(TAG_EXPERIMENT), dataset=p.get("dataset.kind"),
+               recipe=p.get("recipe.name"))
+    return row
+
+
 def _artifact_uri(run, path: str | None) -> str | None:
     return f"{run.info.artifact_uri.rstrip('/')}/{path}" if path else None
 

@@ -360,7 +360,7 @@ def cancel(exp_id: str, url: Optional[str] = UrlOpt, token: Optional[str] = Toke
 def _print_table(data: dict) -> None:
     rows = data["rows"]
     t = Table(title=data["table"], caption=data.get("note"))
-    cols = ["dataset", "arch", "binarizer", "ρ", "seeds", "top-1 (mean ± std)", "top-5", "sparsity"]
+    cols = ["dataset", "arch", "binarizer", "ρ", "seeds", "top-1 (mean ± sd)", "top-5", "sparsity"]
     if data["table"] == "paper-comparison":
         cols.append("paper top-1")
     for c in cols:
@@ -379,18 +379,23 @@ def _print_table(data: dict) -> None:
         t.add_row(*cells)
     console.print(t)
     if data.get("claims"):
-        _print_claims(data["claims"], f"the paper's claims, from the {data['table']} table")
+        _print_claims(data["claims"], f"the paper's claims, from the {data['table']} table", data.get("statistics"))
 
 
-def _print_claims(claims: list[dict], title: str) -> None:
-    """One row per claim: where it was checked, the numbers it rests on, and whether it holds."""
-    t = Table(title=title)
-    for col in ("claim", "dataset / arch", "ρ", "evidence", "verdict"):
+VERDICT_STYLE = {"holds": "[green]holds[/green]", "does not hold": "[red]does not hold[/red]",
+                 "not resolved": "[yellow]not resolved[/yellow]"}
+
+
+def _print_claims(claims: list[dict], title: str, statistics: str | None = None) -> None:
+    """One row per claim: where it was checked, the numbers and intervals it rests on, and its verdict (holds /
+    does not hold / not resolved, from ``jobs.results`` through the API)."""
+    t = Table(title=title, caption=statistics)
+    for col in ("claim", "dataset / arch", "ρ", "evidence (difference [95 % interval])", "verdict"):
         t.add_column(col)
     for c in claims:
-        rho = c["rho"] if "rho" in c else c.get("best_intermediate_rho")
-        t.add_row(c["claim"], f"{c['dataset']} / {c['arch']}", _fmt(rho, "g"), c.get("evidence", ""),
-                  "[green]holds[/green]" if c["holds"] else "[yellow]does not hold[/yellow]")
+        evidence = c.get("evidence", "") + (f"; {c['to_resolve']}" if c.get("to_resolve") else "")
+        t.add_row(c["claim"], f"{c['dataset']} / {c['arch']}", _fmt(c.get("rho"), "g"), evidence,
+                  VERDICT_STYLE.get(c.get("verdict"), c.get("verdict") or ""))
     console.print(t)
 
 

@@ -182,7 +182,7 @@ class Results(_Model):
 
 class Stats(_Model):
     mean: float | None
-    std: float | None = Field(description="null with fewer than two seeds")
+    std: float | None = Field(description="sample standard deviation over seeds (n − 1); null with fewer than two")
 
 
 class _TableRow(_Open):
@@ -205,13 +205,40 @@ class RhoAblationRow(_TableRow):
     pass
 
 
-class RhoClaim(_Model):
+Verdict = Literal["holds", "does not hold", "not resolved"]
+
+
+class Difference(_Model):
+    """One comparison a claim rests on (``jobs.results``): mean(claimed better) − mean(other) over seeds with its
+    two-sided 95 % confidence interval."""
+    versus: str = Field(description="what the claimed-better side is compared with")
+    mean: float
+    low: float | None = Field(description="null: fewer than two seeds on a side, no interval")
+    high: float | None
+    test: Literal["paired t", "Welch t", "one-sample t", "none"]
+    n_a: int
+    n_b: int
+    seeds_needed: int | None = Field(description="seeds per side an interval of the observed spread would need to "
+                                                 "exclude 0 at the observed difference (null: not computable)")
+    note: str
+    verdict: Verdict
+
+
+class _Claim(_Model):
     dataset: str | None
     arch: str | None
     claim: str
-    best_intermediate_rho: float
-    holds: bool
-    evidence: str
+    rho: float | None
+    verdict: Verdict = Field(description="holds: the 95 % interval of every difference lies above 0; does not hold: "
+                                         "one lies below 0; else not resolved")
+    holds: bool = Field(description="verdict == 'holds'")
+    evidence: str = Field(description="the numbers, each difference with its interval and test")
+    differences: list[Difference]
+    to_resolve: str = Field(description="for a claim not resolved: about how many seeds would resolve it")
+
+
+class RhoClaim(_Claim):
+    best_intermediate_rho: float = Field(description="the paper's 0.3 where it was run, else the best by mean")
 
 
 class RhoAblationTable(_Model):
@@ -219,6 +246,7 @@ class RhoAblationTable(_Model):
     rows: list[RhoAblationRow]
     paper_rho: float
     note: str
+    statistics: str = Field(description="the spread convention and the test behind every verdict")
     claims: list[RhoClaim]
 
 
@@ -231,20 +259,15 @@ class ComparisonRow(_TableRow):
     paper_source: str | None
 
 
-class ComparisonClaim(_Model):
-    dataset: str | None
-    arch: str | None
+class ComparisonClaim(_Claim):
     recipe: str | None
-    claim: str
-    rho: float | None
-    holds: bool
-    evidence: str
 
 
 class PaperComparisonTable(_Model):
     table: Literal["paper-comparison"]
     rows: list[ComparisonRow]
     note: str
+    statistics: str = Field(description="the spread convention and the test behind every verdict")
     published_comparators: dict[str, dict[str, float]]
     claims: list[ComparisonClaim]
 

@@ -34,12 +34,13 @@ def test_sibnn_demo_prints_progress_the_claims_and_a_working_mlflow_link(tmp_pat
         assert re.search(rf"{re.escape(trial)}: finished, top-1 \d+\.\d\d", out), out
     assert re.search(r"experiment \w+: SUCCEEDED", out), out
 
-    # the results table and the claims, each with a verdict computed from the run
+    # the results table and the claims, each with a verdict computed from the run: the quick demo runs one seed per
+    # side, so no interval can be computed and every claim is "not resolved" (jobs.results)
     assert "results of" in out and "paper-comparison" in out
     assert "the paper's claims, from the paper-comparison table" in out
-    claim = re.search(r"│ Si-BNN beats sign-BNN .*│ (holds|does not hold) +│", out)
+    claim = re.search(r"│ Si-BNN beats sign-BNN .*│ not resolved +│", out)
     assert claim, out
-    zeros = re.search(r"│ about half or more of the binary activations are zero .*│ (holds|does not hold) +│", out)
+    zeros = re.search(r"│ about half or more of the binary activations are zero .*│ not resolved +│", out)
     assert zeros, out
 
     # the MLflow link opens the training view of an experiment that holds the two trial runs
