@@ -47,6 +47,25 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device, threads: int) -> dict[str, str]:
+    """What a trial's numbers depend on besides its spec and seed: the CPU model, the GPU model (if any) and the
+    torch intra-op threads it was pinned to (``jobs.train_loop.trial_threads``)."""
+    return {"cpu_model": cpu_model(), "gpu_model": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+            "torch_threads": str(threads), "cpu_count": str(os.cpu_count())}
+
+
 def data_fingerprint(kind: str, root: str | None) -> str:
     """sha256 over the dataset's file names and sizes (ImageNet-format, MNIST, CIFAR) or its arrays (digits) or file (mnist5k).
     Cheap enough to run once per job: no file is read, only listed."""
@@ -69,6 +88,7 @@ def data_fingerprint(kind: str, root: str | None) -> str:
     return h.hexdigest()[:16]
 
 
-def manifest(device: torch.device, seed: int, data_fp: str) -> dict[str, str]:
+def manifest(device: torch.device, seed: int, data_fp: str, threads: int | None = None) -> dict[str, str]:
     return {"git_commit": git_commit(), **{f"version.{k}": v for k, v in library_versions().items()},
-            "device": device_name(device), "seed": str(seed), "data_fingerprint": data_fp}
+            "device": device_name(device), "seed": str(seed), "data_fingerprint": data_fp,
+            **hardware(device, torch.get_num_threads() if threads is None else threads)}

@@ -51,6 +51,13 @@ def trial_config(spec: ExperimentSpec, trial: TrialSpec, *, data_root: str | Non
         channels_last=r.channels_last and use_cuda, compile=r.compile and use_cuda)
 
 
+def trial_threads(spec: ExperimentSpec) -> int:
+    """torch's intra-op threads for one worker of a trial: its whole CPUs, at least one. A float reduction's result
+    depends on how many threads split it, so a trial's numbers depend on (spec, seed, hardware, this count) only —
+    not on the machine's cores or on what else runs beside it."""
+    return max(1, int(spec.resources.cpus_per_worker))
+
+
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
@@ -120,6 +127,8 @@ def run_trial_loop(config: dict, session: Session) -> None:
     spec = ExperimentSpec.model_validate(config["spec"])
     trial = TrialSpec.model_validate(config["trial"])
     rank, world, device = session.rank, session.world, session.device
+    threads = trial_threads(spec)
+    torch.set_num_threads(threads)  # before anything computes (the seeded init included)
     cfg = trial_config(spec, trial, data_root=config.get("data_root"), use_cuda=device.type == "cuda")
     # this rank's shard of the data; the model wrapped for DDP when world > 1
     t = build_trial(cfg, device=device, shard_id=rank, num_shards=world, prepare=session.prepare)
@@ -140,7 +149,7 @@ def run_trial_loop(config: dict, session: Session) -> None:
         client = tracking.client(config["mlflow_uri"])
         run_id = config["mlflow_run_id"]
         tracking.set_trial_state(client, run_id, "RUNNING")
-        tags = manifest(device, trial.seed, config["data_fingerprint"])
+        tags = manifest(device, trial.seed, config["data_fingerprint"], threads=threads)
         client.log_batch(run_id, tags=[RunTag(f"sibnn.manifest.{k}", v) for k, v in tags.items()])
         logged = tracking.logged_epochs(client, run_id)
         for h in state.history:  # epochs completed before a failure but never logged
