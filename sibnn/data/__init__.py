@@ -1,5 +1,6 @@
-"""Input pipelines: in-memory tensors for the small datasets (digits, MNIST, CIFAR-10) and NVIDIA DALI pipelines
-for ImageNet-format data (folder or webdataset), sharded by world rank for distributed training."""
+"""Input pipelines: in-memory tensors for the small datasets (digits, MNIST-5k, Fashion-MNIST, MNIST, CIFAR-10) and
+NVIDIA DALI pipelines for ImageNet-format data (folder or webdataset), sharded by world rank for distributed
+training."""
 from sibnn.data.small import DatasetError, TensorLoader, load_small_dataset, small_loaders
 
 __all__ = ["DatasetError", "TensorLoader", "load_small_dataset", "small_loaders", "ImageNetLoader"]

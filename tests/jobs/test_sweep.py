@@ -43,6 +43,14 @@ def test_missing_dataset_root_is_a_clear_error_before_ray_starts(capsys, tmp_pat
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
+def test_missing_fashion_mnist_package_is_a_clear_error_before_ray_starts(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIBNN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    spec = '{"name": "f", "dataset": {"kind": "fashion_mnist"}, "grid": {"arch": ["mlp_small"], "binarizer": ["fp"]}}'
+    rc = run_main(["--spec-json", spec, "--experiment-id", "f1", "--storage-path", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "apt-get install dataset-fashion-mnist" in err and str(tmp_path / "absent") in err
+
+
 def test_concurrency_follows_the_cluster(tmp_path):
     spec = _spec(grid={"seed": [0, 1, 2, 3, 4, 5]})
     assert max_concurrent_trials(spec, {"CPU": 2.0}) == 3          # 0.5 CPU per worker + a sliver per driver

@@ -169,3 +169,70 @@ def test_mnist5k_is_mlxtends_real_mnist_split_4000_1000_stratified_and_normalise
     # MNIST normalisation: raw pixel 0 maps to -mean/std, the training set is roughly zero-mean, unit-ish spread.
     assert math.isclose(a.x_train.min().item(), -MNIST_MEAN / MNIST_STD, rel_tol=1e-5)
     assert abs(a.x_train.mean().item()) < 0.1 and 0.8 < a.x_train.std().item() < 1.2
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_small_dataset("fashion_mnist")
+
+
+def test_fashion_mnist_is_debians_60000_10000_normalised_to_zero_mean_unit_std(fashion):
+    assert fashion.x_train.shape == (60_000, 1, 28, 28) and fashion.x_test.shape == (10_000, 1, 28, 28)
+    assert fashion.input_shape == (1, 28, 28) and fashion.num_classes == 10
+    assert torch.bincount(fashion.y_train, minlength=10).tolist() == [6000] * 10
+    assert fashion.y_train.dtype == torch.int64 and set(fashion.y_test.unique().tolist()) == set(range(10))
+    # the catalog's 0.2860 / 0.3530 are this train set's pixel mean and std
+    x = fashion.x_train.double()
+    assert abs(x.mean().item()) < 0.01 and abs(x.std().item() - 1) < 0.01
+
+
+def test_fashion_mnist_missing_folder_names_it_and_the_apt_command(tmp_path, monkeypatch):
+    missing = tmp_path / "no-fashion"
+    monkeypatch.setenv("SIBNN_FASHION_MNIST_DIR", str(missing))
+    with pytest.raises(DatasetError) as e:
+        load_small_dataset("fashion_mnist")
+    assert str(missing) in str(e.value) and "apt-get install dataset-fashion-mnist" in str(e.value)
+
+
+def test_fashion_mnist_reads_the_folder_the_env_var_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIBNN_FASHION_MNIST_DIR", str(make_mnist(tmp_path, n_train=30, n_test=10)))
+    ds = load_small_dataset("fashion_mnist")
+    assert ds.name == "fashion_mnist" and ds.x_train.shape == (30, 1, 28, 28) and len(ds.y_test) == 10
+
+
+def test_train_size_keeps_a_fixed_stratified_subset_and_the_whole_test_set(fashion):
+    a = load_small_dataset("fashion_mnist", train_size=1003)
+    b = load_small_dataset("fashion_mnist", train_size=1003)
+    assert a.x_train.shape == (1003, 1, 28, 28) and len(a.y_train) == 1003
+    counts = torch.bincount(a.y_train, minlength=10)
+    assert all(abs(c - 100.3) <= 1 for c in counts.tolist()), counts
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train), "the same samples every load"
+    assert torch.equal(a.x_test, fashion.x_test) and torch.equal(a.y_test, fashion.y_test), "test set whole"
+    # a subset of the train set, each sample once
+    keys = {bytes(r) for r in fashion.x_train.flatten(1).numpy()}
+    sub = [bytes(r) for r in a.x_train.flatten(1).numpy()]
+    assert all(k in keys for k in sub) and len(set(sub)) == len(sub)
+
+
+def test_stratified_subset_rounds_by_largest_remainder_to_exactly_the_size():
+    from sibnn.data.small import stratified_subset
+
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    for size in (10, 17, 33, 99, 100):
+        idx = stratified_subset(y, size)
+        counts = torch.bincount(y[idx], minlength=3).tolist()
+        assert len(idx) == size == sum(counts) and len(set(idx.tolist())) == size
+        assert all(abs(c - size * n / 100) < 1 for c, n in zip(counts, (50, 30, 20))), (size, counts)
+        assert torch.equal(idx, stratified_subset(y, size)) and torch.equal(idx, idx.sort().values)
+
+
+def test_train_size_larger_than_the_train_set_is_an_error():
+    with pytest.raises(DatasetError, match=r"train_size 5000 is not in \[1, 4000\]"):
+        load_small_dataset("mnist5k", train_size=5000)
+
+
+def test_the_catalogs_sizes_of_the_embedded_sets_are_what_the_loaders_give(fashion):
+    from sibnn.catalog import DATASETS
+
+    for ds in (load_small_dataset("digits"), load_small_dataset("mnist5k"), fashion):
+        assert (len(ds.y_train), len(ds.y_test)) == (DATASETS[ds.name].train_size, DATASETS[ds.name].test_size)
