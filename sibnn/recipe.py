@@ -28,7 +28,9 @@ class Recipe:
 
 
 RECIPES = {
-    # [paper, AAAI] Adam 1e-3, ÷10 at epochs 40 and 80 of 100, weight decay 1e-6.
+    # [paper, AAAI] Adam 1e-3, ÷10 at epochs 40 and 80 of 100, weight decay 1e-6. The steps are stored as fractions
+    # of the run: at 100 epochs they are the paper's epochs 40 and 80; at other lengths the scaling is [choice]
+    # (``lr_factor``; docs/fidelity.md row 10).
     "aaai": Recipe("aaai", lr=1e-3, weight_decay=1e-6, schedule="step", milestones=(0.4, 0.8)),
     # [code, journal] the same with cosine decay per iteration and weight decay 1e-5.
     "tnnls": Recipe("tnnls", lr=1e-3, weight_decay=1e-5, schedule="cosine"),
@@ -68,7 +70,14 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the initial lr at iteration ``step`` (0-based) of a run of ``recipe.epochs`` epochs."""
+    """Multiplier of the initial lr at iteration ``step`` (0-based) of a run of ``recipe.epochs`` epochs.
+
+    "step": ``gamma`` once for every milestone m with epoch ≥ round(m · epochs), epoch = step // steps_per_epoch (so
+    the lr changes only at epoch boundaries). At 100 epochs (0.4, 0.8) give epochs 40 and 80 (0-based), the paper's
+    rule; elsewhere the nearest whole epoch, e.g. 10 → 4, 8; 8 → 3, 6; 2 → 1, 2 (the second never comes);
+    1 → 0, 1 (a 1-epoch run is ÷10 from its first step). 0.4·E and 0.8·E never end in .5 for a whole E, so
+    Python's half-to-even rounding never decides.
+    """
     total = recipe.epochs * steps_per_epoch
     if recipe.schedule == "step":
         epoch = step // steps_per_epoch

@@ -15,9 +15,14 @@ Two on-disk formats, one loader (``ImageNetLoader``):
 
 Augmentation (METHOD.md §4), selected by ``policy``:
 
-* ``"paper"`` (the authors' journal recipe): images pre-resized to short side 256 (``sibnn.data.prepare``); train =
-  random ``image_size`` crop (224, 227 for AlexNet) + horizontal flip, decoded with the fused ROI decoder so only
-  the crop window is decoded; val = resize short side to 256, centre ``image_size`` crop.
+* ``"paper"`` (the authors' script, docs/fidelity.md row 20): train = random ``image_size`` crop (224, 227 for
+  AlexNet) + horizontal flip of the image as stored, no resize (``main_sibnn_learn.py``: ``RandomCrop`` +
+  ``RandomHorizontalFlip``), decoded with the fused ROI decoder so only the crop window is decoded; val = resize
+  short side to 256, centre ``image_size`` crop (the script: ``CenterCrop`` of the stored image). The script's
+  crops assume images resized beforehand, to a size it does not state; here they are stored at short side 256
+  (METHOD.md §4) by ``sibnn.data.prepare`` [choice, standing in for the authors' unpublished preparation], which
+  makes the val resize a no-op. On images stored at full size the train crop is a 224 window of the full image (a
+  warning says so) while val still resizes to 256 first.
 * ``"rrc"``: RandomResizedCrop (area 8–100 %, aspect 3/4–4/3) fused into the decoder
   (``decoders.image_random_crop``), resize to ``image_size``, flip; val as above.
 
@@ -63,7 +68,7 @@ import torch
 from sibnn.catalog import DATA_FORMATS, IMAGENET_MEAN, IMAGENET_STD, POLICIES
 from sibnn.data.small import DatasetError
 
-VAL_RESIZE = 256                     # METHOD.md §4: evaluate on the centre crop of the short-side-256 image
+VAL_RESIZE = 256                     # METHOD.md §4: val = centre crop of the short-side-256 image (fidelity row 20)
 RRC_AREA = (0.08, 1.0)               # RandomResizedCrop defaults (torchvision, Inception)
 RRC_ASPECT = (3 / 4, 4 / 3)
 FORMATS = DATA_FORMATS
