@@ -270,8 +270,8 @@ def paper_comparison(rows: list[dict]) -> dict:
 
 # --- claims ---------------------------------------------------------------------------------------------------------
 
-def _pm(s: dict) -> str:
-    return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s.get("std") is not None else "")
+def _pm(s: dict, digits: int = 2) -> str:
+    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s.get("std") is not None else "")
 
 
 def _claim(base: dict, claim: str, verdict: Verdict, evidence: str, tests: list[dict], resolve: str = "") -> dict:
@@ -309,7 +309,7 @@ def comparison_claims(table: list[dict]) -> list[dict]:
             if r["_sparsity"]:
                 diff = one_sample(r["_sparsity"], SPARSITY_THRESHOLD)
                 out.append(_claim({**base, "rho": rho}, "about half or more of the binary activations are zero",
-                                  diff.verdict, f"mean fraction of zeros {_pm(r['sparsity'])}; minus "
+                                  diff.verdict, f"mean fraction of zeros {_pm(r['sparsity'], 3)}; minus "
                                   f"{SPARSITY_THRESHOLD}: {diff.describe(3)}",
                                   [{"versus": f"{SPARSITY_THRESHOLD}", **diff.to_dict()}], seeds_phrase(diff)))
     return out

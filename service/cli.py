@@ -419,8 +419,8 @@ def demo(port: int = typer.Option(8000, help="API port"),
          keep_up: bool = typer.Option(False, "--keep-up", help="leave the stack running until Ctrl-C"),
          state: Path = typer.Option(None, "--home", envvar="SIBNN_HOME", help="state folder (default ~/.sibnn)")):
     """Bring the stack up, run the mnist5k preset (Si-BNN at ρ 0, 0.3, 1 vs sign-BNN vs FP on real MNIST digits,
-    three seeds), show progress, print the results, the paper's claims with holds / does not hold, and the MLflow UI
-    link."""
+    five seeds), show progress, print the results, the paper's claims with their 95 % intervals and verdicts (holds /
+    does not hold / not resolved), and the MLflow UI link."""
     from jobs.presets import PRESETS
     from jobs.spec import RHO_DEFAULT
 

@@ -47,13 +47,13 @@ def test_trial_events_are_one_line_per_start_epoch_and_end():
     assert trial_events({}, [_trial("FAILED", 0)]) == ["t1: started", "t1: failed"]
 
 
-def test_demo_preset_keeps_the_authors_recipe_and_runs_in_three_rounds_of_five_on_two_cpus():
+def test_demo_preset_keeps_the_authors_recipe_and_runs_in_five_rounds_of_five_on_two_cpus():
     from jobs.sweep import driver_resources, max_concurrent_trials
 
     spec = preset("mnist5k")
     assert spec.recipe.name == "aaai" and spec.recipe.weight_grad == "authors"  # the training rules are the defaults
-    assert len(spec.trials()) == 15 and len(spec.grid.seed) == 3
-    # 15 trials, five at a time on the embedded stack's 2 CPUs: three full rounds, none left alone in a fourth
+    assert len(spec.trials()) == 25 and len(spec.grid.seed) == 5  # five seeds: paired intervals with 4 df
+    # 25 trials, five at a time on the embedded stack's 2 CPUs: five full rounds, none left alone in a sixth
     assert max_concurrent_trials(spec, {"CPU": 2.0}) == 5
     # each trial trains in its Tune trial's process, which holds the trial's CPU share (no Ray Train run)
     assert spec.resources.runner == "tune" and driver_resources({"CPU": 2.0}, spec) == {"CPU": 0.35}
