@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
     },
     # Fashion-MNIST (Debian's dataset-fashion-mnist; make installs it), a fixed 10,000-image train subset and the
     # whole 10,000-image test set, 5 epochs, six seeds: where bench/power.py measured the ρ effects large against
-    # their spread (docs/demo.md); 30 trials, about 6 minutes on 2 CPU cores.
+    # their spread (docs/demo.md); 30 trials.
     "fashion-mnist": {
         "name": "Fashion-MNIST 10k: Si-BNN at rho 0, 0.3, 1 vs sign-BNN vs FP",
         "description": ("Fashion-MNIST from Debian's dataset-fashion-mnist: 10,000 train images (fixed, stratified) "

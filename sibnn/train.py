@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's, one per core); the digits depend on it: a "
+                        "service trial pins one per whole CPU of its worker (0.35 CPU: 1)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -78,6 +81,11 @@ def main(argv=None) -> int:
             info = model_info(name)
             print(f"{name:<14}{info.dataset:<10}{info.input_size:>4}px  {info.description}")
         return 0
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     try:
         cfg = trial_config(args)
         model_info(cfg.arch)
@@ -89,7 +97,7 @@ def main(argv=None) -> int:
         print(summarize(trial.model, (2, *trial.input_shape)))
     recipe = trial.recipe
     print(f"{cfg.describe()} ({len(trial.train)} steps/epoch, {recipe.epochs} epochs, recipe {recipe.name}, "
-          f"weight grad {cfg.weight_grad}, init {cfg.init}, {trial.device})")
+          f"weight grad {cfg.weight_grad}, init {cfg.init}, {trial.device}, {torch.get_num_threads()} threads)")
 
     def on_epoch(epoch, m, state):
         extra = f"  θ̄ {m['theta_mean']:+.3f}  Δ̄ {m['delta_mean']:.3f}" if "theta_mean" in m else ""

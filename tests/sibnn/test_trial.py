@@ -82,3 +82,16 @@ def test_old_checkpoints_without_the_input_shape_fall_back_to_the_model_facts():
     assert input_shape({"arch": "alexnet"}) == (3, 227, 227)
     assert input_shape({"arch": "mlp", "in_channels": 1, "input_size": 28}) == (1, 28, 28)
     assert training_data({"arch": "mlp_small"}).name == "mnist5k"
+
+
+def test_command_line_pins_the_thread_count_it_is_given_and_says_it(capsys):
+    from sibnn.train import main
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--dataset", "digits", "--epochs", "1", "--threads", "1", "--batch-size", "256"]) == 0
+        assert torch.get_num_threads() == 1 and ", 1 threads)" in capsys.readouterr().out
+        assert main(["--dataset", "digits", "--epochs", "1", "--threads", "0"]) == 2
+        assert "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
