@@ -5,6 +5,7 @@ import pytest
 
 from jobs.presets import PRESETS, preset
 from jobs.spec import SpecError, parse_spec, trial_id
+from sibnn.catalog import DATASETS
 
 BASE = {"name": "t", "dataset": {"kind": "digits"},
         "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn", "sign", "fp"], "rho": [0.0, 0.3], "seed": [0, 1]}}
@@ -64,7 +65,8 @@ def test_spec_parses_from_json_text_and_fingerprint_is_content_based():
 
 def test_every_preset_validates_and_digits_compares_rho_sign_and_fp():
     for name in PRESETS:
-        spec = preset(name, root=None if name in ("digits", "mnist5k") else "/data/x")
+        embedded = DATASETS[PRESETS[name]["dataset"]["kind"]].embedded  # these take no root
+        spec = preset(name, root=None if embedded else "/data/x")
         assert spec.trials()
     digits = preset("digits")
     kinds = {(t.binarizer, t.rho) for t in digits.trials()}

@@ -4,6 +4,7 @@ import pytest
 
 from jobs.presets import PRESETS, preset
 from jobs.spec import SpecError, parse_spec
+from sibnn.catalog import DATASETS
 
 BASE = {"name": "t", "dataset": {"kind": "digits"}, "grid": {"arch": ["digits_cnn"], "binarizer": ["sibnn"]}}
 
@@ -11,7 +12,7 @@ BASE = {"name": "t", "dataset": {"kind": "digits"}, "grid": {"arch": ["digits_cn
 def test_weight_grad_defaults_to_the_authors_rule_in_specs_and_presets():
     assert parse_spec(BASE).recipe.weight_grad == "authors"
     for name in PRESETS:
-        packaged = PRESETS[name]["dataset"]["kind"] in ("digits", "mnist5k")  # these take no root
+        packaged = DATASETS[PRESETS[name]["dataset"]["kind"]].embedded  # these take no root
         assert preset(name, root=None if packaged else "/data/x").recipe.weight_grad == "authors", name
 
 

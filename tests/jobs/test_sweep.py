@@ -151,16 +151,18 @@ def _sweep_with_a_kill(local_ray, c, spec, experiment_id: str, storage, mlflow_u
     logged two epochs; returns the outcome and what was killed (pid, epochs logged by then). The process is looked
     up as soon as the trial's run exists (the state API can take seconds on a busy machine), killed later."""
     killed = {}
+    # processes of earlier sweeps on this Ray (the state API may still list them ALIVE for a while) are not ours
+    before = {a.pid for a in _actors(local_ray, actor_class)}
 
     def kill_mid_run():
         deadline = time.monotonic() + 240
         pid = None
         while time.monotonic() < deadline and not killed:
             runs = tracking.trial_runs(c, experiment_id)
-            if runs and pid is None:
-                live = _actors(local_ray, actor_class, "ALIVE")
+            if pid is None:  # looked up from the start: the lookup can take seconds, the trial's epochs less
+                live = [a for a in _actors(local_ray, actor_class, "ALIVE") if a.pid not in before]
                 pid = live[-1].pid if live else None
-            if pid is not None and len(tracking.logged_epochs(c, runs[0].info.run_id)) >= 2:
+            if pid is not None and runs and len(tracking.logged_epochs(c, runs[0].info.run_id)) >= 2:
                 killed["epochs_logged"] = len(tracking.logged_epochs(c, runs[0].info.run_id))
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid
