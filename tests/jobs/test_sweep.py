@@ -148,8 +148,9 @@ def _actors(local_ray, class_name: str, state: str | None = None) -> list:
 
 def _sweep_with_a_kill(local_ray, c, spec, experiment_id: str, storage, mlflow_uri, actor_class: str) -> tuple:
     """Run the sweep while a thread SIGKILLs the newest live ``actor_class`` process once the (first) trial has
-    logged two epochs; returns the outcome and what was killed (pid, epochs logged by then). The process is looked
-    up as soon as the trial's run exists (the state API can take seconds on a busy machine), killed later."""
+    logged two epochs; returns the outcome and what was killed (pid, epochs logged by then). The process — one that
+    was not there before this sweep — is looked up from the start (the state API can take seconds on a busy
+    machine), killed later."""
     killed = {}
     # processes of earlier sweeps on this Ray (the state API may still list them ALIVE for a while) are not ours
     before = {a.pid for a in _actors(local_ray, actor_class)}
