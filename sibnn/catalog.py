@@ -14,6 +14,19 @@ from functools import lru_cache
 from pathlib import Path
 
 RHO_DEFAULT = 0.3  # [paper] ρ = 0.3, the window Si-BNN uses unless a sweep says otherwise (METHOD.md §1)
+RHO_RANGE = (0.0, 1.0)  # [paper] ρ ∈ [0, 1] (METHOD.md §1); the only copy: check_rho and the spec read it
+# The training recipes by name (sibnn.recipe defines them; the spec, which imports no torch, accepts these): the
+# AAAI paper's, the TNNLS journal script's, and ReActNet's two steps (step 1: real weights; step 2: binary).
+RECIPE_NAMES: tuple[str, ...] = ("aaai", "tnnls", "react1", "react2")
+
+
+def check_rho(rho: float) -> float:
+    """``rho`` when it lies in ``RHO_RANGE``, else a ValueError saying the range: the one check the layers, the
+    trial config and the spec make."""
+    lo, hi = RHO_RANGE
+    if not lo <= rho <= hi:
+        raise ValueError(f"rho must be in [{lo:g}, {hi:g}], got {rho}")
+    return rho
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,8 @@ class Binarizer:
     description: str
     label: str        # the short name MLflow run names and tables show
     sparsity: str     # what the "sparsity" metric means for it
+    # the weight rule (WEIGHT_GRADS) its authors' code pairs it with; chosen separately (create_model(weight_grad=...))
+    authors_weight_grad: str = "authors"
 
 
 _BINARY_ZEROS = "fraction of zeros in the binary activations"
@@ -38,11 +53,41 @@ BINARIZERS: dict[str, Binarizer] = {b.name: b for b in (
               "sign-BNN", _BINARY_ZEROS + " (always 0 for ±1 codes)"),
     Binarizer("fp", False, False, "full precision: ReLU activations, real weights (the upper bound)",
               "FP", "fraction of ReLU outputs that are zero (full precision; not binary sparsity)"),
+    # The comparators, as their authors' code computes them (sibnn.comparators; docs/fidelity.md rows 22-30): ±1 codes,
+    # which sibnn.infer cannot pack.
+    Binarizer("xnornet_nok", False, False,
+              "XNOR-Net as jiecaoyu/XNOR-Net-PyTorch's BinActive: sign, straight-through on the open |x| < 1; "
+              "no activation scale K (that code applies none)", "XNOR-Net (no K)",
+              _BINARY_ZEROS + " (always 0 for ±1 codes)", "xnornet"),
+    Binarizer("bireal", False, False, "Bi-Real ApproxSign: sign, gradient 2 − 2|x| on |x| < 1",
+              "Bi-Real", _BINARY_ZEROS + " (always 0 for ±1 codes)", "bireal"),
+    Binarizer("rsign", False, False, "ReActNet RSign: a learnable per-channel shift (init 0), then ApproxSign",
+              "ReActNet RSign", _BINARY_ZEROS + " (always 0 for ±1 codes)", "bireal"),
+    Binarizer("irnet", False, False,
+              "IR-Net EDE: sign, gradient k·t·(1 − tanh²(t·x)), t annealed per epoch from 0.1 towards 10",
+              "IR-Net", _BINARY_ZEROS + " (always 0 for ±1 codes)", "irnet"),
 )}
 BINARIZER_NAMES: tuple[str, ...] = tuple(BINARIZERS)
 
-WEIGHT_GRADS = ("authors", "ste")  # binary weights' gradient: [code] the authors' rule, [choice] the STE ablation
+# binary weights' rule: [code] the authors' rule, [choice] the STE ablation (these two first: the fused op's), then
+# [code] the comparators' rules (XNOR-Net-PyTorch; Bi-Real and ReActNet's HardBinaryConv; IR-Net's Libra-PB + EDE)
+WEIGHT_GRADS = ("authors", "ste", "xnornet", "bireal", "irnet")
+# what sibnn.layers.clamp_latent_weights_ does to each rule's latent weights after an optimiser step, as each code
+# does: "clamp" to [−1, 1]; "center_clamp" (XNOR-Net: minus the mean over input channels, then clamp); "none"
+LATENT_PROJECTION = {"authors": "clamp", "ste": "clamp", "xnornet": "center_clamp", "bireal": "none", "irnet": "none"}
 INITS = ("faithful", "torch")      # weight init: [code] N(0, (1/fan_in)²), [choice] PyTorch's default (ablation)
+WEIGHT_GRAD_DEFAULT = WEIGHT_GRADS[0]  # the authors' rule; "ste" is the named ablation
+# [choice] a spec's weight rule that means "each binarizer with the rule its own authors' code pairs it with"
+# (Binarizer.authors_weight_grad): a comparison where every method trains as its authors wrote it
+WEIGHT_GRAD_PAIRED = "paired"
+SPEC_WEIGHT_GRADS: tuple[str, ...] = WEIGHT_GRADS + (WEIGHT_GRAD_PAIRED,)  # what a spec's recipe.weight_grad accepts
+
+
+def weight_grad_for(binarizer: str, weight_grad: str) -> str:
+    """The weight rule a ``binarizer``'s layers train with when a spec asks for ``weight_grad`` (a WEIGHT_GRADS
+    name, or WEIGHT_GRAD_PAIRED: the binarizer's authors' own)."""
+    return binarizer_info(binarizer).authors_weight_grad if weight_grad == WEIGHT_GRAD_PAIRED else weight_grad
+RHO_BINARIZERS: tuple[str, ...] = tuple(b.name for b in BINARIZERS.values() if b.takes_rho)  # the ones ρ shapes
 
 
 def takes_rho(binarizer: str) -> bool:
@@ -78,6 +123,23 @@ class Dataset:
     @property
     def embedded(self) -> bool:
         return self.embedded_in is not None
+
+
+# [paper] METHOD.md §4: ImageNet-format validation = a centre crop (224, AlexNet 227) of the image resized to short side
+# 256 (ReActNet's eval is the same: Resize(256) + CenterCrop(224)); the small datasets are tested on whole images
+EVAL_RESIZE = 256
+
+
+def evaluation_protocol(dataset: str | None, arch: str | None, image_size: int | None = None) -> str | None:
+    """The evaluation crop a trial's top-1 was measured on, as the results tables print it (None: unknown)."""
+    info = DATASETS.get(dataset) if dataset else None
+    if info is None:
+        return None
+    if info.imagenet_format:
+        size = image_size or (MODELS[arch].input_size if arch in MODELS else None)
+        return f"short side {EVAL_RESIZE}, centre {size}×{size} crop" if size else f"short side {EVAL_RESIZE}, centre crop"
+    side = info.input_size or (MODELS[arch].input_size if arch in MODELS else None)
+    return f"whole {side}×{side} test images" if side else "whole test images"
 
 
 DATA_FORMATS = ("folder", "webdataset")  # ImageNet-format storage: JPEG folders or webdataset shards
@@ -140,6 +202,17 @@ MODELS: dict[str, Model] = {m.name: m for m in (
           "Small CNN for scikit-learn's 8×8 digits: 2 binary convs + 1 binary FC"),
     Model("mlp_small", "mnist5k", 28, 1, 10,
           "The BinaryNet MNIST MLP at 512 hidden units: the embedded mnist5k demo's model", flat_input=True),
+    Model("resnet18_react", "imagenet", 224, 3, 1000,
+          "ReActNet-18: Bi-Real ResNet-18 with ReAct units (binarize → binary conv → BN → + shortcut → RPReLU), "
+          "16 binary 3×3 convs, FP stem/downsample/FC; binarizer 'rsign' is ReActNet (ECCV 2020: 65.5 %)"),
+    Model("resnet34", "imagenet", 224, 3, 1000,
+          "torchvision-layout ResNet-34 with ReLU: ReActNet's distillation teacher with binarizer 'fp'; a binary "
+          "binarizer binarizes its 32 3×3 convs and drops the ReLUs (a plain binarized ResNet, not Bi-Real)"),
+    Model("digits_react", "digits", 8, 1, 10,
+          "Small ReAct-unit CNN for scikit-learn's 8×8 digits: FP conv, 4 ReAct units (binary 3×3 convs), FP FC"),
+    Model("digits_resnet", "digits", 8, 1, 10,
+          "Small torchvision-layout ResNet for the 8×8 digits: the distillation teacher with binarizer 'fp' "
+          "(2 blocks, 4 3×3 convs, binary with a binary binarizer as resnet34)"),
 )}
 
 

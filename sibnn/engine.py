@@ -51,13 +51,49 @@ def _prepare(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_la
     return x, y.to(device, non_blocking=True)
 
 
+def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """ReActNet's distributional loss ([code] ``utils/KD_loss.py`` ``DistributionLoss``): the cross-entropy of the
+    student's log-softmax against the teacher's softmax, mean over the batch, temperature 1:
+    −(1/N) Σ_n Σ_c p_t(n, c) · log p_s(n, c).
+
+    It is cross-entropy with soft targets, not KL: KL(p_t ‖ p_s) = this − H(p_t), and the teacher's entropy H(p_t)
+    does not depend on the student, so both have the same gradient; the value differs by that constant."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # bf16 logits (autocast) in float32
+    log_p_student = F.log_softmax(student_logits.to(dtype), dim=1)
+    p_teacher = F.softmax(teacher_logits.detach().to(dtype), dim=1)
+    return -(p_teacher * log_p_student).sum(dim=1).mean()
+
+
+@dataclass(frozen=True)
+class Distill:
+    """How a teacher's outputs enter the training loss: distribution loss + ``ce_weight`` · hard-label CE
+    (ReActNet: ``ce_weight = 0``, the distribution loss alone)."""
+    ce_weight: float = 0.0
+
+
+def _freeze_teacher(teacher: nn.Module) -> nn.Module:
+    # eval: BatchNorm uses, and never updates, its running statistics; no parameter takes a gradient.
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler=None, *,
                     device: torch.device, amp: bool = False, channels_last: bool = False,
-                    reduce: Reduce | None = None, max_steps: int | None = None) -> dict[str, float]:
-    """One pass over ``loader``: cross-entropy, Adam step, scheduler step per iteration, clamp of the latent
+                    reduce: Reduce | None = None, max_steps: int | None = None, label_smoothing: float = 0.0,
+                    teacher: nn.Module | None = None, distill: Distill | None = None) -> dict[str, float]:
+    """One pass over ``loader``: the training loss, Adam step, scheduler step per iteration, clamp of the latent
     binary weights to [−1, 1] after every step (METHOD.md §2). Returns loss, top-1 and images/s of this rank's
-    share (summed over ranks when ``reduce`` is given)."""
+    share (summed over ranks when ``reduce`` is given).
+
+    The loss: cross-entropy with ``label_smoothing`` (0 = the paper's plain CE) without a teacher; with a
+    ``teacher`` (a model on ``device``, kept in eval mode with no gradients, never in the optimiser),
+    ``distribution_loss(student, teacher) + distill.ce_weight · CE(student, labels; label_smoothing)``."""
     model.train()
+    if teacher is not None:
+        _freeze_teacher(teacher)
+        distill = distill or Distill()
     sums = torch.zeros(4, dtype=torch.float64)  # loss·n, correct@1, n, steps
     start = time.perf_counter()
     for step, (x, y) in enumerate(loader):
@@ -66,7 +102,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         x, y = _prepare(x, y, device, channels_last)
         with _autocast(device, amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            if teacher is None:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = distribution_loss(logits, teacher_logits)
+                if distill.ce_weight:
+                    loss = loss + distill.ce_weight * F.cross_entropy(logits.float(), y,
+                                                                      label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -172,13 +216,25 @@ def restore_checkpoint(ckpt: dict, model, optimizer=None, scheduler=None) -> Tra
 EpochCallback = Callable[[int, dict, TrainState], None]
 
 
+def set_epoch_progress(model: nn.Module, epoch: int, epochs: int) -> None:
+    """Tell every module of ``model`` (unwrapped) that has a ``set_epoch_progress(epoch, epochs)`` method where the
+    run is: ``epoch`` 0-based of ``epochs`` (e.g. IR-Net's EDE schedule, whose gradient sharpens over training)."""
+    for module in unwrap(model).modules():
+        hook = getattr(module, "set_epoch_progress", None)
+        if callable(hook):
+            hook(epoch, epochs)
+
+
 def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, *, device: torch.device, amp: bool = False,
         channels_last: bool = False, reduce: Reduce | None = None, state: TrainState | None = None,
-        optimizer=None, scheduler=None, on_epoch: EpochCallback | None = None) -> TrainState:
+        optimizer=None, scheduler=None, on_epoch: EpochCallback | None = None, label_smoothing: float = 0.0,
+        teacher: nn.Module | None = None, distill: Distill | None = None) -> TrainState:
     """Train for ``recipe.epochs`` epochs (continuing from ``state.epoch``), evaluating after each one.
 
     ``on_epoch(epoch, metrics, state)`` is called after every epoch: the Ray job reports metrics and checkpoints
     there, the command line prints. Pass ``optimizer``/``scheduler``/``state`` restored from a checkpoint to resume.
+    Before each epoch, ``set_epoch_progress(model, epoch, recipe.epochs)``. ``label_smoothing``, ``teacher``,
+    ``distill``: the training loss (``train_one_epoch``); evaluation is always plain cross-entropy.
     """
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -188,9 +244,11 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, *, device: t
     for epoch in range(state.epoch, recipe.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
+        set_epoch_progress(model, epoch, recipe.epochs)
         lr = optimizer.param_groups[0]["lr"]
         metrics = train_one_epoch(model, train_loader, optimizer, scheduler, device=device, amp=amp,
-                                  channels_last=channels_last, reduce=reduce)
+                                  channels_last=channels_last, reduce=reduce, label_smoothing=label_smoothing,
+                                  teacher=teacher, distill=distill)
         metrics.update(evaluate(model, val_loader, device=device, amp=amp, channels_last=channels_last,
                                 reduce=reduce))
         metrics.update(binarizer_stats(unwrap(model)))

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sibnn.catalog import INITS, RHO_DEFAULT, WEIGHT_GRADS
+from sibnn.catalog import INITS, LATENT_PROJECTION, RHO_DEFAULT, WEIGHT_GRADS
+from sibnn.comparators import EDESchedule, xnornet_project_
 from sibnn.quant import binarize_weight, make_activation
 
 
@@ -27,11 +28,29 @@ class BinaryLayer(nn.Module):
     weight: nn.Parameter
     binary_weight: bool
     binarizer: str
-    # The weight gradient rule of ``binarize_weight`` ("authors" | "ste"); ``set_weight_grad_`` sets it model-wide.
-    weight_grad: str = "authors"
+    _weight_grad: str = "authors"
+
+    @property
+    def weight_grad(self) -> str:
+        """The weight rule of ``binarize_weight`` (one of ``catalog.WEIGHT_GRADS``); ``set_weight_grad_`` sets it
+        model-wide. IR-Net's rule needs the EDE schedule: setting it gives the layer a ``weight_ede``
+        (``sibnn.comparators.EDESchedule``, whose ``set_epoch_progress`` the engine calls), any other rule removes it."""
+        return self._weight_grad
+
+    @weight_grad.setter
+    def weight_grad(self, rule: str) -> None:
+        if rule not in WEIGHT_GRADS:
+            raise ValueError(f"unknown weight_grad {rule!r}; choose one of {', '.join(WEIGHT_GRADS)}")
+        self._weight_grad = rule
+        if rule == "irnet" and getattr(self, "weight_ede", None) is None:
+            self.weight_ede = EDESchedule().to(self.weight.device)
+        elif rule != "irnet" and "weight_ede" in self._modules:
+            del self.weight_ede
 
     def quantized_weight(self) -> torch.Tensor:
-        return binarize_weight(self.weight, self.weight_grad) if self.binary_weight else self.weight
+        if not self.binary_weight:
+            return self.weight
+        return binarize_weight(self.weight, self.weight_grad, getattr(self, "weight_ede", None))
 
 
 class BinaryConv2d(BinaryLayer):
@@ -124,7 +143,16 @@ def binary_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:
 @torch.no_grad()
 def clamp_latent_weights_(model: nn.Module) -> None:
     """Keep every binary layer's latent weights in [−1, 1] (METHOD.md §2); the engine calls this after each
-    optimiser step — an in-place update between steps, like the optimiser's own, not a swap around forward."""
+    optimiser step — an in-place update between steps, like the optimiser's own, not a swap around forward.
+
+    Per weight rule, as its authors' code does (``catalog.LATENT_PROJECTION``): "authors"/"ste" clamp; "xnornet"
+    centres over input channels, then clamps (``sibnn.comparators.xnornet_project_``); "bireal" and "irnet" leave
+    the latent weights as they are (neither Bi-Real's, ReActNet's nor IR-Net's scripts clamp them)."""
     for _, m in binary_layers(model):
-        if m.binary_weight:
+        if not m.binary_weight:
+            continue
+        projection = LATENT_PROJECTION[m.weight_grad]
+        if projection == "clamp":
             m.weight.clamp_(-1.0, 1.0)
+        elif projection == "center_clamp":
+            xnornet_project_(m.weight)

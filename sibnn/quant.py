@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sibnn.catalog import BINARIZER_NAMES, RHO_DEFAULT, WEIGHT_GRADS
+from sibnn.catalog import BINARIZER_NAMES, RHO_DEFAULT, WEIGHT_GRADS, check_rho
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -62,7 +62,7 @@ def sign_binarize(x: torch.Tensor) -> torch.Tensor:
 
 
 
-def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
+def binarize_weight(w: torch.Tensor, grad: str = "authors", ede: nn.Module | None = None) -> torch.Tensor:
     """METHOD.md §2: W_b = α_o · sign(W), α_o = mean |W| over output channel o's filter (a row for linear layers).
 
     The latent weight is read clamped to [−1, 1] (the engine also clamps it after each optimiser step, see
@@ -77,10 +77,22 @@ def binarize_weight(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
     [choice] It runs as one autograd op, ``torch.ops.sibnn.binarize_weight`` (a ``torch.library.custom_op`` with a
     hand-written backward, so ``torch.compile`` keeps it in one graph), in a few passes over the weight;
     ``binarize_weight_reference`` is the same rule as a detach trick on plain tensor ops, kept for the tests.
+
+    The comparators' rules ``"xnornet"``, ``"bireal"``, ``"irnet"`` [code: their authors'] are ``sibnn.comparators``'s
+    ``xnornet_weight``, ``bireal_weight`` and ``irnet_weight``; ``"irnet"`` reads its EDE t, k from ``ede`` (an
+    ``EDESchedule``; the binary layer owns one).
     """
     if grad not in WEIGHT_GRADS:
         raise ValueError(f"unknown weight gradient {grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
-    return torch.ops.sibnn.binarize_weight(w, grad)
+    if grad in _OP_WEIGHT_GRADS:
+        return torch.ops.sibnn.binarize_weight(w, grad)
+    if grad == "xnornet":
+        return comparators.xnornet_weight(w)
+    if grad == "bireal":
+        return comparators.bireal_weight(w)
+    if ede is None:
+        raise ValueError(f"weight rule {grad!r} needs the EDE schedule (t, k): pass ede=EDESchedule()")
+    return comparators.irnet_weight(w, ede.t, ede.k)
 
 
 def binarize_weight_reference(w: torch.Tensor, grad: str = "authors") -> torch.Tensor:
@@ -90,8 +102,8 @@ def binarize_weight_reference(w: torch.Tensor, grad: str = "authors") -> torch.T
     Surrogates: "ste" S = clamp(W); "authors" S = clamp(W)·(1 − 1/n) + sign(W)·mean_o |W| with sign(W) detached.
     One difference from the rule at W = 0 exactly: the α path here uses autograd's sgn(0) = 0 (the op uses +1).
     """
-    if grad not in WEIGHT_GRADS:
-        raise ValueError(f"unknown weight gradient {grad!r}; choose one of {', '.join(WEIGHT_GRADS)}")
+    if grad not in _OP_WEIGHT_GRADS:
+        raise ValueError(f"unknown weight gradient {grad!r}; choose one of {', '.join(_OP_WEIGHT_GRADS)}")
     wc = w.clamp(-1.0, 1.0)
     dims = tuple(range(1, w.dim()))
     n = w[0].numel()
@@ -103,6 +115,9 @@ def binarize_weight_reference(w: torch.Tensor, grad: str = "authors") -> torch.T
     m = torch.linalg.vector_norm(w, 1, dims, keepdim=True) / n
     wb = torch.copysign((alpha + (m - m.detach())).expand_as(wc), wc.detach() + 0.0)
     return torch.add(wb, ste, alpha=1.0 - 1.0 / n)
+
+
+_OP_WEIGHT_GRADS = WEIGHT_GRADS[:2]  # the authors' rule and its STE ablation: the custom op computes these two
 
 
 def _maybe(mask: torch.Tensor) -> bool:
@@ -199,8 +214,7 @@ class SiBinarize(nn.Module):
 
     def __init__(self, channels: int, rho: float = RHO_DEFAULT, per_layer: bool = False):
         super().__init__()
-        if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        check_rho(rho)
         n = 1 if per_layer else channels
         self.channels = channels
         self.rho = float(rho)
@@ -239,7 +253,8 @@ BINARIZERS = BINARIZER_NAMES  # the table is sibnn.catalog.BINARIZERS
 
 def make_activation(binarizer: str, channels: int, rho: float = RHO_DEFAULT) -> nn.Module:
     """The input activation of a binary layer for each binarizer choice: Si-BNN, its per-layer ablation, sign, or
-    ReLU for the full-precision baseline — interchangeable so tables compare like with like (METHOD.md §1)."""
+    ReLU for the full-precision baseline — interchangeable so tables compare like with like (METHOD.md §1) — and the
+    comparators' binarizers of ``sibnn.comparators`` (XNOR-Net without K, Bi-Real, ReActNet RSign, IR-Net EDE)."""
     if binarizer == "sibnn":
         return SiBinarize(channels, rho)
     if binarizer == "sibnn_layer":
@@ -248,4 +263,15 @@ def make_activation(binarizer: str, channels: int, rho: float = RHO_DEFAULT) -> 
         return SignBinarize()
     if binarizer == "fp":
         return nn.ReLU()
+    if binarizer == "xnornet_nok":
+        return comparators.XnorSign()
+    if binarizer == "bireal":
+        return comparators.ApproxSign()
+    if binarizer == "rsign":
+        return comparators.RSign(channels)
+    if binarizer == "irnet":
+        return comparators.EDESign()
     raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZERS)}")
+
+
+from sibnn import comparators  # noqa: E402  (at the end: comparators reads this module's helpers)

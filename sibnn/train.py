@@ -20,7 +20,7 @@ from sibnn.engine import resolve_device
 from sibnn.models import model_info
 from sibnn.recipe import RECIPES
 from sibnn.summary import summarize
-from sibnn.trial import TrialConfig, build_trial
+from sibnn.trial import WEIGHTS, TrialConfig, build_trial
 
 CLI_EPOCHS = 30  # [choice] the CLI's default for the small datasets; ImageNet-format data: the recipe's 100
 
@@ -48,6 +48,17 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--weights", default="binary", choices=WEIGHTS,
+                   help="binary layers' weights: binary (default) or real (step 1 of two-step training: binary "
+                        "activations, real-valued weights)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this sibnn checkpoint's model weights (step 2 from step 1; weights only)")
+    p.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="distil from this sibnn checkpoint's model: ReActNet's distribution loss")
+    p.add_argument("--ce-weight", type=float, default=0.0,
+                   help="with --teacher: weight of the hard-label cross-entropy added to the distribution loss")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing of the training cross-entropy (default 0: the paper's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None,
@@ -70,7 +81,9 @@ def trial_config(args) -> TrialConfig:
         epochs=args.epochs or (None if ds.imagenet_format else CLI_EPOCHS), batch_size=args.batch_size or ds.default_batch,
         lr=args.lr, weight_decay=args.weight_decay, weight_grad=args.weight_grad, init=args.init, seed=args.seed,
         data_root=args.data_root, data_format=args.format, policy=args.policy, image_size=args.image_size,
-        train_size=args.train_size, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+        train_size=args.train_size, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+        weights=args.weights, init_from=args.init_from, teacher=args.teacher, ce_weight=args.ce_weight,
+        label_smoothing=args.label_smoothing)
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,8 @@ from torch import nn
 from sibnn import catalog
 from sibnn.catalog import RHO_DEFAULT
 from sibnn.data import DatasetError, load_small_dataset, small_loaders
-from sibnn.engine import TrainState, checkpoint_dict, fit, restore_checkpoint, seed_everything
+from sibnn.engine import Distill, TrainState, checkpoint_dict, fit, restore_checkpoint, seed_everything
+from sibnn.layers import binary_layers
 from sibnn.models import create_model, model_info
 from sibnn.recipe import Recipe, build_optimizer, build_scheduler, get_recipe
 
@@ -46,6 +47,12 @@ class TrialConfig:
     weight_grad: str = "authors"
     init: str = "faithful"
     seed: int = 0
+    # the training loss and two-step training (ReActNet's recipe; off by default: the paper's plain CE, from scratch)
+    label_smoothing: float = 0.0                 # in the training CE only; evaluation is plain CE
+    teacher: str | None = None                   # a sibnn checkpoint file: distil from its model (distribution loss)
+    ce_weight: float = 0.0                       # with a teacher: weight of the hard-label CE added to that loss
+    init_from: str | None = None                 # a sibnn checkpoint file whose model weights start this model
+    weights: str = "binary"                      # "binary" | "real": real-valued weights (step 1 of two-step)
     # data
     data_root: str | None = None
     data_format: str = "folder"                  # ImageNet-format data: JPEG folders or webdataset shards
@@ -66,8 +73,22 @@ class TrialConfig:
                                      ("policy", self.policy, catalog.POLICIES)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-        if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        catalog.check_rho(self.rho)
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"unknown weights {self.weights!r}; choose one of {', '.join(WEIGHTS)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.ce_weight < 0:
+            raise ValueError(f"ce_weight must be ≥ 0, got {self.ce_weight}")
+        if self.ce_weight and self.teacher is None:
+            raise ValueError(f"ce_weight={self.ce_weight} weighs the hard-label CE next to a teacher's distribution "
+                             "loss, but no teacher is given (without one the loss is plain CE)")
+        for name in ("teacher", "init_from"):
+            path = getattr(self, name)
+            if path is not None:
+                if not Path(path).is_file():
+                    raise CheckpointError(f"{name}: no checkpoint file at {str(path)!r}")
+                object.__setattr__(self, name, str(path))
         if self.train_size is not None and (self.dataset_info.imagenet_format or self.train_size < 1):
             raise ValueError(f"train_size is for the small in-memory datasets and ≥ 1, got {self.train_size} for "
                              f"{self.dataset!r}")
@@ -88,7 +109,13 @@ class TrialConfig:
 
     def describe(self) -> str:
         rho = f" ρ={self.rho}" if catalog.takes_rho(self.binarizer) else ""
-        return f"{self.arch} / {self.binarizer}{rho} on {self.dataset}"
+        extra = "".join([", real weights" if self.weights == "real" else "",
+                         f", from {self.init_from}" if self.init_from else "",
+                         f", teacher {self.teacher}" if self.teacher else ""])
+        return f"{self.arch} / {self.binarizer}{rho} on {self.dataset}{extra}"
+
+
+WEIGHTS = ("binary", "real")
 
 
 def build_loaders(cfg: TrialConfig, batch_size: int, *, device: torch.device, shard_id: int = 0,
@@ -114,9 +141,59 @@ def build_loaders(cfg: TrialConfig, batch_size: int, *, device: torch.device, sh
 
 
 def build_model(cfg: TrialConfig, num_classes: int, input_shape: tuple) -> nn.Module:
-    """The registry's model for ``cfg``, fitted to the data's channels (and pixel count, for an MLP)."""
-    return create_model(cfg.arch, cfg.binarizer, cfg.rho, num_classes, weight_grad=cfg.weight_grad, init=cfg.init,
-                        **model_info(cfg.arch).input_kwargs(input_shape))
+    """The registry's model for ``cfg``, fitted to the data's channels (and pixel count, for an MLP); with
+    ``weights="real"`` its binary layers keep real-valued weights; with ``init_from`` it starts from that
+    checkpoint's model weights."""
+    model = create_model(cfg.arch, cfg.binarizer, cfg.rho, num_classes, weight_grad=cfg.weight_grad, init=cfg.init,
+                         **model_info(cfg.arch).input_kwargs(input_shape))
+    if cfg.weights == "real":
+        set_real_weights_(model)
+    if cfg.init_from is not None:
+        load_model_weights_(model, cfg.init_from)
+    return model
+
+
+def set_real_weights_(model: nn.Module) -> nn.Module:
+    """Step 1 of two-step training (ReActNet [code] ``resnet/1_step1``: binary activations, real-valued convs):
+    every binary layer keeps its input binarizer but uses its latent weights as they are. ``clamp_latent_weights_``
+    skips such layers (it clamps only ``binary_weight`` layers), so the real weights are not held to [−1, 1]."""
+    for _, layer in binary_layers(model):
+        layer.binary_weight = False
+    return model
+
+
+def load_model_weights_(model: nn.Module, checkpoint) -> nn.Module:
+    """Copy a sibnn checkpoint's model weights into ``model`` (not its optimiser, scheduler or epoch), every key
+    matched strictly; a mismatch is a ``CheckpointError`` naming the keys."""
+    ckpt = load_checkpoint(checkpoint)
+    weights, own = ckpt["model"], model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or unexpected or shapes:
+        def keys(ks):
+            return ", ".join(ks[:8]) + (f" (+{len(ks) - 8} more)" if len(ks) > 8 else "")
+        problems = [f"{what}: {keys(ks)}" for what, ks in (("missing in the checkpoint", missing),
+                                                           ("not in the model", unexpected),
+                                                           ("of another shape", shapes)) if ks]
+        name = checkpoint if isinstance(checkpoint, (str, Path)) else "checkpoint"
+        raise CheckpointError(f"init_from {name}: its weights ({ckpt['config'].get('arch')}) do not match the model; "
+                              + "; ".join(problems))
+    model.load_state_dict(weights)
+    return model
+
+
+def load_teacher(checkpoint, num_classes: int, device: torch.device) -> nn.Module:
+    """The distillation teacher: the checkpoint's model on ``device``, in eval mode (BatchNorm statistics frozen),
+    no gradients; it is never handed to the optimiser."""
+    ckpt = load_checkpoint(checkpoint)
+    classes = ckpt["config"].get("num_classes")
+    if classes is not None and classes != num_classes:
+        raise CheckpointError(f"teacher {checkpoint}: its model has {classes} classes, the data {num_classes}")
+    teacher = model_from_checkpoint(ckpt)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
 
 
 @dataclass
@@ -136,12 +213,15 @@ class Trial:
     num_classes: int
     input_shape: tuple
     extra: dict = field(default_factory=dict)  # more entries for the checkpoint's config (the jobs' trial spec)
+    teacher: nn.Module | None = None           # the distillation teacher (``config.teacher``), frozen, on ``device``
 
     def fit(self, state: TrainState | None = None, **kwargs) -> TrainState:
         """``sibnn.engine.fit`` with this trial's parts (kwargs: on_epoch, reduce, ...)."""
-        return fit(self.net, self.train, self.val, self.recipe, device=self.device, amp=self.config.amp,
-                   channels_last=self.config.channels_last, optimizer=self.optimizer, scheduler=self.scheduler,
-                   state=state, **kwargs)
+        c = self.config
+        return fit(self.net, self.train, self.val, self.recipe, device=self.device, amp=c.amp,
+                   channels_last=c.channels_last, optimizer=self.optimizer, scheduler=self.scheduler,
+                   state=state, label_smoothing=c.label_smoothing, teacher=self.teacher,
+                   distill=Distill(ce_weight=c.ce_weight) if self.teacher is not None else None, **kwargs)
 
     def checkpoint_config(self) -> dict:
         """What a checkpoint needs to rebuild the model (``model_from_checkpoint``) and to say how it was trained."""
@@ -149,7 +229,8 @@ class Trial:
         return {"arch": c.arch, "binarizer": c.binarizer, "rho": c.rho if catalog.takes_rho(c.binarizer) else None,
                 "weight_grad": c.weight_grad, "init": c.init, "dataset": c.dataset, "num_classes": self.num_classes,
                 "input_shape": list(self.input_shape), **model_info(c.arch).input_kwargs(self.input_shape),
-                **self.extra}
+                "weights": c.weights, "init_from": c.init_from, "teacher": c.teacher, "ce_weight": c.ce_weight,
+                "label_smoothing": c.label_smoothing, **self.extra}
 
     def checkpoint(self, state: TrainState) -> dict:
         """Model, optimiser, scheduler, epoch, RNG state, history and config: enough to resume or to export."""
@@ -168,12 +249,15 @@ def build_trial(cfg: TrialConfig, *, device: torch.device, shard_id: int = 0, nu
     seed_everything(cfg.seed)
     train, val, num_classes, input_shape = build_loaders(cfg, recipe.batch_size, device=device, shard_id=shard_id,
                                                          num_shards=num_shards)
+    # init_from is loaded here, before DDP wraps the model (every rank loads the same file; DDP broadcasts anyway).
     model = build_model(cfg, num_classes, input_shape)
+    teacher = load_teacher(cfg.teacher, num_classes, device) if cfg.teacher is not None else None
     model = prepare(model) if prepare is not None else model.to(device)
     net = torch.compile(model) if cfg.compile else model  # checkpoints unwrap it (sibnn.engine.unwrap)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train))
-    return Trial(cfg, recipe, device, model, net, train, val, optimizer, scheduler, num_classes, tuple(input_shape))
+    return Trial(cfg, recipe, device, model, net, train, val, optimizer, scheduler, num_classes, tuple(input_shape),
+                 teacher=teacher)
 
 
 class CheckpointError(ValueError):
@@ -201,6 +285,8 @@ def model_from_checkpoint(checkpoint) -> nn.Module:
     rho = cfg.get("rho")
     model = create_model(cfg["arch"], cfg["binarizer"], RHO_DEFAULT if rho is None else rho, cfg.get("num_classes"),
                          weight_grad=cfg.get("weight_grad", "authors"), **kw)
+    if cfg.get("weights", "binary") == "real":
+        set_real_weights_(model)
     model.load_state_dict(ckpt["model"])
     return model.eval()
 

@@ -65,10 +65,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sibnn import catalog
 from sibnn.catalog import DATA_FORMATS, IMAGENET_MEAN, IMAGENET_STD, POLICIES
 from sibnn.data.small import DatasetError
 
-VAL_RESIZE = 256                     # METHOD.md §4: val = centre crop of the short-side-256 image (fidelity row 20)
+VAL_RESIZE = catalog.EVAL_RESIZE    # METHOD.md §4: val = centre crop of the short-side-256 image (fidelity row 20)
 RRC_AREA = (0.08, 1.0)               # RandomResizedCrop defaults (torchvision, Inception)
 RRC_ASPECT = (3 / 4, 4 / 3)
 FORMATS = DATA_FORMATS

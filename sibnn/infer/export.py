@@ -20,6 +20,11 @@ Full-precision layers (first conv, last FC, ResNet downsample 1×1) stay float32
 one). ResNet downsample shortcuts run avgpool → conv1×1 → BN instead of conv1×1 → BN → avgpool: all three are
 per-channel linear maps (the average's weights sum to 1), so the order only changes float rounding, and the 1×1
 conv does 4× fewer MACs.
+
+ReAct units (``resnet18_react``, ``digits_react``) keep RPReLU in full precision between units: its first shift is
+applied to the float residual stream, PReLU runs as relu(y) + (−a)·relu(−y) (bit-identical, see ``_emit_rprelu``),
+its second shift folds into the next threshold like a BatchNorm. The torchvision-layout ResNets (``resnet34``,
+``digits_resnet``) pack like the Bi-Real ones, with one shortcut around each block's two binary convs.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from torch import nn
 
 from sibnn.infer import reference
 from sibnn.layers import BinaryConv2d, BinaryLayer
-from sibnn.quant import SiBinarize, binarize_weight
+from sibnn.quant import SiBinarize
 
 
 class ExportError(ValueError):
@@ -69,12 +74,16 @@ def fold_threshold(A, B, theta, scale) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pack_binary_weight(layer: BinaryLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bits packed per output channel, α) of ``layer``'s α·sign(clamp(W)), read from ``binarize_weight`` itself.
+    """(bits packed per output channel, α) of the binary weights ``layer`` computes in its forward pass (its own
+    weight rule: α·sign(clamp(W)) for the authors' and the STE rule, the comparators' rules as theirs), read from
+    ``quantized_weight`` itself; a rule whose weights are not ±α per output filter is refused, not packed wrongly.
     Conv: (Co, K, K, Cw) words (channels innermost, like the activations); linear: (Co, Fw)."""
     with torch.no_grad():
-        wb = binarize_weight(layer.weight.detach().float())
+        wb = layer.quantized_weight().detach().float()
     co = wb.shape[0]
     alpha = wb.reshape(co, -1)[:, 0].abs().double()
+    if not torch.equal(wb.reshape(co, -1).abs(), alpha.float()[:, None].expand(co, wb[0].numel())):
+        raise ExportError(f"weight rule {layer.weight_grad!r} does not give ±α per output filter: not packable")
     u = wb > 0
     if u.dim() == 4:
         u = u.permute(0, 2, 3, 1)
@@ -322,13 +331,82 @@ def _emit_resnet(e: _Emitter, model: nn.Module) -> None:
     e.materialize("head.out")
 
 
+def _emit_rprelu(e: _Emitter, name: str, m: nn.Module) -> None:
+    """ReActNet's RPReLU (``sibnn.models.react.RPReLU``) on the float residual stream: shift → PReLU → shift.
+
+    The shifts are per-channel affines: the first is applied (x + b, as the model computes it), the second stays
+    pending (it folds into the next unit's threshold and its shortcut fork). PReLU_a(y) is written with the ops
+    the format has as relu(y) + (−a)·relu(−y): for y > 0 that is y + 0 = y, for y < 0 it is 0 + (−a)·(−y) = a·y,
+    each the one float32 rounding the model's PReLU makes, so the result is bit-identical to it."""
+    b_in = m.shift_in.bias.detach().double().flatten()
+    e.compose(torch.ones_like(b_in), b_in)
+    e.materialize(name + ".shift_in")
+    c = b_in.numel()
+    slope = m.prelu.weight.detach().float().flatten().expand(c)
+    neg = e.new_reg("neg")
+    e.emit("affine", name + ".neg", dst=neg, a=e.tensor(f"{name}.neg.a", -torch.ones(c)),
+           b=e.tensor(f"{name}.neg.b", torch.zeros(c)))
+    e.emit("relu", name + ".neg_relu", src=neg, dst=neg)
+    e.emit("affine", name + ".slope", src=neg, dst=neg, a=e.tensor(f"{name}.slope.a", -slope),
+           b=e.tensor(f"{name}.slope.b", torch.zeros(c)))
+    e.emit("relu", name + ".relu")
+    e.emit("add", name + ".prelu", other=neg)
+    b_out = m.shift_out.bias.detach().double().flatten()
+    e.compose(torch.ones_like(b_out), b_out)
+
+
+def _emit_react(e: _Emitter, model: nn.Module) -> None:
+    """ReAct units (``sibnn.models.react``): binarize → binary conv → BN → + shortcut → RPReLU, stem and head as
+    their Sequentials."""
+    e.sequence("stem", model.stem.named_children())
+    e.materialize("stem.out")
+    for si, stage in enumerate(model.stages):
+        for ui, unit in enumerate(stage):
+            name = f"stages.{si}.{ui}"
+            sc = _emit_shortcut(e, name + ".shortcut", unit.shortcut, e.fork_float(name + ".input"))
+            e.module(name + ".conv", unit.conv)
+            e.module(name + ".bn", unit.bn)
+            e.materialize(name + ".bn")
+            e.emit("add", name + ".add", other=sc)
+            _emit_rprelu(e, name + ".act", unit.act)
+    e.sequence("head", model.head.named_children())
+    e.materialize("head.out")
+
+
+def _emit_standard_resnet(e: _Emitter, model: nn.Module) -> None:
+    """torchvision-layout ResNet (``sibnn.models.standard_resnet``): conv1 → BN → (ReLU) → conv2 → BN → + shortcut
+    (→ ReLU) per block; its ReLUs exist only in the full-precision model, which the binary check refuses anyway."""
+    for n in ("conv1", "bn1", "relu", "maxpool"):
+        e.module(n, getattr(model, n))
+    e.materialize("stem.out")
+    for si in range(model.num_stages):
+        for bi, block in enumerate(getattr(model, f"layer{si + 1}")):
+            name = f"layer{si + 1}.{bi}"
+            sc = _emit_shortcut(e, name + ".downsample", block.downsample or nn.Identity(),
+                                e.fork_float(name + ".input"))
+            for n in ("conv1", "bn1", "conv2", "bn2"):
+                e.module(f"{name}.{n}", getattr(block, n))
+            e.materialize(name + ".bn2")
+            e.emit("add", name + ".add", other=sc)
+            e.module(name + ".relu", block.relu)
+    e.module("avgpool", model.avgpool)
+    e.module("flatten", nn.Flatten())
+    e.module("fc", model.fc)
+
+
 def _emitter_for(model: nn.Module):
     from sibnn.models.alexnet import AlexNet
+    from sibnn.models.react import DigitsReAct, ReActResNet
     from sibnn.models.resnet import ResNet
     from sibnn.models.small import MLP, DigitsCNN, VGGSmall
+    from sibnn.models.standard_resnet import StandardResNet
     from sibnn.models.vgg import VGGVariant
     if isinstance(model, ResNet):
         return _emit_resnet
+    if isinstance(model, (ReActResNet, DigitsReAct)):
+        return _emit_react
+    if isinstance(model, StandardResNet):
+        return _emit_standard_resnet
     if isinstance(model, (AlexNet, VGGVariant, VGGSmall, DigitsCNN, MLP)):
         return _emit_sequential
     raise ExportError(f"model {type(model).__name__} is not a registry architecture the exporter knows")

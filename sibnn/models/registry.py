@@ -12,7 +12,7 @@ from typing import Callable
 from torch import nn
 
 from sibnn import catalog
-from sibnn.catalog import BINARIZER_NAMES, INITS, RHO_DEFAULT, WEIGHT_GRADS
+from sibnn.catalog import BINARIZER_NAMES, INITS, RHO_DEFAULT, WEIGHT_GRADS, check_rho
 from sibnn.layers import init_weights_, set_weight_grad_
 
 
@@ -73,8 +73,7 @@ def create_model(arch: str, binarizer: str = "sibnn", rho: float = RHO_DEFAULT, 
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if binarizer not in BINARIZER_NAMES:
         raise ValueError(f"unknown binarizer {binarizer!r}; choose one of {', '.join(BINARIZER_NAMES)}")
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    check_rho(rho)
     model = info.builder(binarizer=binarizer, rho=rho,
                          num_classes=info.num_classes if num_classes is None else num_classes, **kwargs)
     if init != "faithful":  # builders already apply the faithful init

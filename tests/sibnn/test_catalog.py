@@ -75,3 +75,14 @@ def test_compute_covers_every_model_and_binarizer():
     for per in data["summaries"].values():
         assert set(per) == set(catalog.BINARIZER_NAMES)
     assert callable(compute)
+
+
+def test_the_method_choices_are_defined_here_with_their_defaults_first():
+    lo, hi = catalog.RHO_RANGE
+    assert lo <= catalog.RHO_DEFAULT <= hi and catalog.check_rho(hi) == hi
+    with pytest.raises(ValueError, match=r"rho must be in \[0, 1\], got 1.5"):
+        catalog.check_rho(1.5)
+    assert catalog.WEIGHT_GRAD_DEFAULT == catalog.WEIGHT_GRADS[0] == "authors"  # the authors' rule; ste: ablation
+    # the binarizers ρ shapes, in the table's order: what the spec's rule and the ρ figure use
+    assert catalog.RHO_BINARIZERS == tuple(n for n in catalog.BINARIZER_NAMES if catalog.takes_rho(n))
+    assert catalog.RHO_BINARIZERS == ("sibnn", "sibnn_layer")

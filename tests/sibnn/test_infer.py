@@ -276,3 +276,31 @@ def test_bn_after_max_pool_folds_after_the_pool_and_stays_bit_exact(arch):
     out, bits = old(x, return_bits=True)
     assert all(torch.equal(bits[n].to(b.dtype), b) for n, b in ref_bits.items())
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_grad", ["authors", "ste", "xnornet", "bireal", "irnet"])
+def test_si_bnn_activations_pack_exactly_with_every_weight_rule_its_layer_computes(weight_grad):
+    """The exporter packs the binary weights the layer's own rule computes (IR-Net's standardised, power-of-two
+    scaled signs; Bi-Real's α from the unclamped W), so every rule's model gives the same bits and logits packed."""
+    torch.manual_seed(0)
+    model = randomize(create_model("digits_cnn", num_classes=10, in_channels=1, width=20, weight_grad=weight_grad), 0)
+    with torch.no_grad():  # latent weights beyond ±1 and off-centre: the rules differ there
+        for m in model.modules():
+            if hasattr(m, "binary_weight") and m.binary_weight:
+                m.weight.mul_(torch.rand(m.weight.shape[0], *([1] * (m.weight.dim() - 1))) * 3).add_(0.1)
+    x = torch.randn(2, 1, 8, 8)
+    ref, ref_bits = run_with_bits(model, x)
+    out, bits = pack_model(model)(x, return_bits=True)
+    for name, b in ref_bits.items():
+        assert torch.equal(bits[name].to(b.dtype), b), f"{name}: {(bits[name] != b).sum()} bits differ"
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_whose_weights_are_not_plus_minus_alpha_per_filter_is_refused():
+    from sibnn.infer.export import pack_binary_weight
+
+    model = create_model("digits_cnn", num_classes=10, in_channels=1, width=20)
+    layer = next(m for m in model.modules() if getattr(m, "binary_weight", False))
+    layer.quantized_weight = lambda: layer.weight  # real-valued weights in a binary layer's place
+    with pytest.raises(ExportError, match="not give ±α per output filter"):
+        pack_binary_weight(layer)

@@ -8,7 +8,8 @@ from sibnn.models import create_model, list_models, model_info
 from sibnn.quant import SiBinarize, SignBinarize
 
 SMALL_INPUT = {"resnet18": 32, "resnet50": 32, "alexnet": 99, "vgg_variant": 32, "mlp": 28, "mlp_small": 28,
-               "vgg_small": 32, "digits_cnn": 8}
+               "vgg_small": 32, "digits_cnn": 8, "resnet18_react": 32, "resnet34": 32, "digits_react": 8,
+               "digits_resnet": 8}
 # (binary convs, binary linears, fp convs, fp linears) per METHOD.md §3
 LAYOUT = {
     "resnet18": (16, 0, 1 + 3, 1),      # stem + 3 downsample 1×1
@@ -19,6 +20,10 @@ LAYOUT = {
     "mlp_small": (0, 2, 0, 2),
     "vgg_small": (5, 2, 1, 1),
     "digits_cnn": (2, 1, 1, 1),
+    "resnet18_react": (16, 0, 1 + 3, 1),  # ReActNet-18: stem + 3 downsample 1×1
+    "resnet34": (32, 0, 1 + 3, 1),        # torchvision ResNet-34: every 3×3 conv binary (identity in fp)
+    "digits_react": (4, 0, 1 + 1, 1),
+    "digits_resnet": (4, 0, 1 + 1, 1),
 }
 
 

@@ -48,7 +48,7 @@ def test_recipes_by_name_carry_the_paper_settings():
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["betas"] == (0.9, 0.999)
     with pytest.raises(ValueError, match="unknown recipe 'sgd'"):
         get_recipe("sgd")
-    assert set(RECIPES) == {"aaai", "tnnls"}
+    assert set(RECIPES) == {"aaai", "tnnls", "react1", "react2"}
 
 
 def test_aaai_schedule_divides_by_ten_at_40_and_80_percent_of_epochs():
