@@ -14,8 +14,10 @@ import torch
 _REPO = Path(__file__).resolve().parent.parent
 
 
-@lru_cache(maxsize=1)
-def git_commit() -> str:
+@lru_cache(maxsize=4)
+def git_commit(declared: str | None = None) -> str:
+    """HEAD of the checkout the code runs from (``-dirty`` with uncommitted changes); where there is none (an
+    image), the commit the job's settings declare (``SIBNN_GIT_COMMIT``, ``jobs.settings``), else ``unknown``."""
     try:
         out = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10)
@@ -25,7 +27,7 @@ def git_commit() -> str:
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return os.environ.get("SIBNN_GIT_COMMIT", "unknown")
+    return declared or "unknown"
 
 
 def _version(dist: str) -> str:
@@ -95,7 +97,8 @@ def data_fingerprint(kind: str, root: str | None) -> str:
     return h.hexdigest()[:16]
 
 
-def manifest(device: torch.device, seed: int, data_fp: str, threads: int | None = None) -> dict[str, str]:
-    return {"git_commit": git_commit(), **{f"version.{k}": v for k, v in library_versions().items()},
+def manifest(device: torch.device, seed: int, data_fp: str, threads: int | None = None, *,
+             declared_commit: str | None = None) -> dict[str, str]:
+    return {"git_commit": git_commit(declared_commit), **{f"version.{k}": v for k, v in library_versions().items()},
             "device": device_name(device), "seed": str(seed), "data_fingerprint": data_fp,
             **hardware(device, torch.get_num_threads() if threads is None else threads)}

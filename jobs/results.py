@@ -22,6 +22,12 @@ Statistics, said in every table (``STATISTICS``):
   and the evidence then says it was chosen so;
 - "about half or more of the activations are zero" is a one-sample t interval of the mean fraction of zeros
   against 0.45.
+
+How a trial was trained beyond its binarizer — once from scratch, as the experiment's distillation teacher, as a
+step of two-step training, distilled from a teacher (``method_of``: "", "teacher", "2-step", "KD", ...) — is a
+column of its own: the tables keep such trials side by side, each row with a readable label (``trial_label``:
+"Si-BNN · 2-step · KD"), and a claim compares trials trained the same way only. The paper's numbers are of
+one-stage training from scratch: only those rows get the paper column.
 """
 from __future__ import annotations
 
@@ -77,6 +83,37 @@ RHO_ABLATION_NOTE = ("AAAI Table 2 ablates ρ for AlexNet on ImageNet; METHOD.md
                      "0.75, 1}. Claims to check: an intermediate ρ beats ρ = 0 and ρ = 1.")
 COMPARISON_NOTE = ("Paper numbers are ImageNet top-1/top-5 (%, single centre crop) from METHOD.md §5; they exist only "
                    "for Si-BNN on ImageNet. Other rows have no published counterpart.")
+
+
+# --- how a trial was trained ---------------------------------------------------------------------------------------
+
+def is_intermediate(row: dict) -> bool:
+    """A stage of two-step training that is not the last one (it starts nothing from an earlier stage)."""
+    return bool(row.get("stage")) and not row.get("init_trial")
+
+
+def method_of(row: dict) -> str:
+    """How a trial (a results row, or the same keys of a TrialSpec: role, stage, weights, teacher_trial, init_trial)
+    was trained beyond its binarizer, in words: "" once from scratch, "teacher" the experiment's distillation
+    teacher, "2-step" the last step of two-step training, "2-step, <stage> (<weights> weights)" an earlier step,
+    each with " · KD" when distilled from the teacher."""
+    if row.get("role") == "teacher":
+        return "teacher"
+    parts = []
+    if row.get("stage"):
+        parts.append(f"2-step, {row['stage']} ({row.get('weights') or 'binary'} weights)" if is_intermediate(row)
+                     else "2-step")
+    if row.get("teacher_trial"):
+        parts.append("KD")
+    return " · ".join(parts)
+
+
+def trial_label(row: dict) -> str:
+    """A row's readable name in the tables: the binarizer's label and how it was trained ("Si-BNN · 2-step · KD")."""
+    b = row.get("binarizer")
+    name = binarizer_info(b).label if b in BINARIZER_NAMES else str(b)
+    how = method_of(row)
+    return f"{name} · {how}" if how else name
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------
@@ -211,13 +248,15 @@ def _aggregate(rows: list[dict], key) -> list[dict]:
         groups[key(r)].append(r)
     out = []
     for k, g in groups.items():
-        out.append({"key": k, "seeds": sorted(r["seed"] for r in g), "n": len(g),
+        out.append({"key": k, "seeds": sorted(r["seed"] for r in g), "n": len(g), "label": trial_label(g[0]),
                     "final_top1": seed_stats(r["final_top1"] for r in g),
                     "final_top5": seed_stats(r["final_top5"] for r in g),
                     "best_top1": seed_stats(r["best_top1"] for r in g),
                     "best_top5": seed_stats(r["best_top5"] for r in g),
                     "sparsity": seed_stats(r["sparsity"] for r in g), "epochs": max(r["epochs"] for r in g),
                     "experiments": sorted({r["experiment_id"] for r in g if r.get("experiment_id")}),
+                    # the crop its top-1 was measured on (sibnn.catalog.evaluation_protocol): printed with the table
+                    "evaluation": "; ".join(sorted({r["evaluation"] for r in g if r.get("evaluation")})) or None,
                     # per seed, for the claims (not part of the table's answer)
                     "_top1": {r["seed"]: r["final_top1"] for r in g if r["final_top1"] is not None},
                     "_sparsity": [r["sparsity"] for r in g if r["sparsity"] is not None]})
@@ -241,10 +280,11 @@ def rho_ablation(rows: list[dict]) -> dict:
     and the ρ claim. ``rows``: finished trial rows (``finished``)."""
     rows = [r for r in rows if r["binarizer"] in BINARIZER_NAMES and takes_rho(r["binarizer"])]
     table = []
-    for g in _aggregate(rows, lambda r: (r.get("dataset"), r["arch"], r["binarizer"], r["rho"])):
-        dataset, arch, binarizer, rho = g.pop("key")
-        table.append({"dataset": dataset, "arch": arch, "binarizer": binarizer, "rho": rho, **g})
-    table.sort(key=lambda r: (r["dataset"] or "", r["arch"] or "", r["binarizer"] or "", _rho_sort(r["rho"])))
+    for g in _aggregate(rows, lambda r: (r.get("dataset"), r["arch"], r["binarizer"], method_of(r), r["rho"])):
+        dataset, arch, binarizer, method, rho = g.pop("key")
+        table.append({"dataset": dataset, "arch": arch, "binarizer": binarizer, "method": method, "rho": rho, **g})
+    table.sort(key=lambda r: (r["dataset"] or "", r["arch"] or "", r["binarizer"] or "", r["method"],
+                              _rho_sort(r["rho"])))
     return {"table": "rho-ablation", "rows": _public(table), "paper_rho": RHO_DEFAULT, "note": RHO_ABLATION_NOTE,
             "statistics": STATISTICS, "claims": rho_claims(table)}
 
@@ -253,17 +293,21 @@ def paper_comparison(rows: list[dict]) -> dict:
     """The headline comparison: Si-BNN vs sign-BNN vs FP per architecture, the paper's number beside ours, and the
     claims. ``rows``: finished trial rows (``finished``)."""
     table = []
-    for g in _aggregate(rows, lambda r: (r.get("dataset"), r["arch"], r.get("recipe"), r["binarizer"], r["rho"])):
-        dataset, arch, recipe, binarizer, rho = g.pop("key")
-        paper = PAPER_SIBNN_IMAGENET.get((arch, recipe)) if dataset == "imagenet" and binarizer == "sibnn" else None
-        table.append({"dataset": dataset, "arch": arch, "recipe": recipe, "binarizer": binarizer, "rho": rho, **g,
+    for g in _aggregate(rows, lambda r: (r.get("dataset"), r["arch"], r.get("recipe"), r["binarizer"], method_of(r),
+                                         r["rho"])):
+        dataset, arch, recipe, binarizer, method, rho = g.pop("key")
+        # the paper's numbers are of one-stage training from scratch
+        paper = PAPER_SIBNN_IMAGENET.get((arch, recipe)) \
+            if dataset == "imagenet" and binarizer == "sibnn" and not method else None
+        table.append({"dataset": dataset, "arch": arch, "recipe": recipe, "binarizer": binarizer, "method": method,
+                      "rho": rho, **g,
                       "sparsity_meaning": SPARSITY_MEANING.get(binarizer),
                       "paper_top1": paper["top1"] if paper else None, "paper_top5": paper["top5"] if paper else None,
                       "paper_top5_approx": paper["top5_approx"] if paper else None,
                       "paper_source": paper["source"] if paper else None})
     order = {b: i for i, b in enumerate(BINARIZER_NAMES)}
-    table.sort(key=lambda r: (r["dataset"] or "", r["arch"] or "", r["recipe"] or "", order.get(r["binarizer"], 9),
-                              _rho_sort(r["rho"])))
+    table.sort(key=lambda r: (r["dataset"] or "", r["arch"] or "", r["recipe"] or "", r["method"],
+                              order.get(r["binarizer"], 9), _rho_sort(r["rho"])))
     return {"table": "paper-comparison", "rows": _public(table), "note": COMPARISON_NOTE, "statistics": STATISTICS,
             "published_comparators": PUBLISHED_COMPARATORS, "claims": comparison_claims(table)}
 
@@ -288,14 +332,15 @@ def _pick_rho(candidates: dict[float, dict]) -> tuple[float, str]:
 
 
 def comparison_claims(table: list[dict]) -> list[dict]:
-    """"Si-BNN beats a sign-BNN of the same architecture and recipe" (at the paper's ρ where it was run) and
-    "about half or more activations are zero" (per Si-BNN ρ), per (dataset, arch, recipe)."""
+    """"Si-BNN beats a sign-BNN of the same architecture and recipe, trained the same way" (at the paper's ρ where it
+    was run) and "about half or more activations are zero" (per Si-BNN ρ), per (dataset, arch, recipe, method)."""
     out = []
     by: dict[tuple, list[dict]] = defaultdict(list)
     for r in table:
-        by[(r["dataset"], r["arch"], r["recipe"])].append(r)
-    for (dataset, arch, recipe), rs in sorted(by.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
+        by[(r["dataset"], r["arch"], r["recipe"], r.get("method", ""))].append(r)
+    for (dataset, arch, recipe, method), rs in sorted(by.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
         base = {"dataset": dataset, "arch": arch, "recipe": recipe}
+        first = len(out)
         si = {r["rho"]: r for r in rs if r["binarizer"] == "sibnn" and r["_top1"]}
         sign = [r for r in rs if r["binarizer"] == "sign" and r["_top1"]]
         if si and sign:
@@ -312,7 +357,16 @@ def comparison_claims(table: list[dict]) -> list[dict]:
                                   diff.verdict, f"mean fraction of zeros {_pm(r['sparsity'], 3)}; minus "
                                   f"{SPARSITY_THRESHOLD}: {diff.describe(3)}",
                                   [{"versus": f"{SPARSITY_THRESHOLD}", **diff.to_dict()}], seeds_phrase(diff)))
+        _say_how_trained(out[first:], method)
     return out
+
+
+def _say_how_trained(claims: list[dict], method: str) -> None:
+    """A claim about trials trained another way than once from scratch says so first in its evidence (the claim's
+    own keys are the API's fixed shape)."""
+    if method:
+        for c in claims:
+            c["evidence"] = f"trials trained {method}: {c['evidence']}"
 
 
 def rho_claims(table: list[dict]) -> list[dict]:
@@ -320,9 +374,10 @@ def rho_claims(table: list[dict]) -> list[dict]:
     by: dict[tuple, dict] = defaultdict(dict)
     for r in table:
         if r["binarizer"] == "sibnn" and r["_top1"]:
-            by[(r["dataset"], r["arch"])][r["rho"]] = r
+            by[(r["dataset"], r["arch"], r.get("method", ""))][r["rho"]] = r
     out = []
-    for (dataset, arch), acc in sorted(by.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")):
+    for (dataset, arch, method), acc in sorted(by.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
+        first = len(out)
         mids = {rho: a for rho, a in acc.items() if 0 < rho < 1}
         if not (0.0 in acc and 1.0 in acc and mids):
             continue
@@ -339,4 +394,5 @@ def rho_claims(table: list[dict]) -> list[dict]:
                           f"{d1.describe()}{chosen}",
                           [{"versus": "rho 0", **d0.to_dict()}, {"versus": "rho 1", **d1.to_dict()}],
                           "; ".join(unresolved)))
+        _say_how_trained(out[first:], method)
     return out

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from jobs.presets import PRESETS, preset
+from jobs.settings import DATA_ROOTS_ENV, JobSettings
 from jobs.spec import ExperimentSpec, SpecError, parse_spec
 from sibnn.data.small import EMBEDDED_DATASETS
 
@@ -66,17 +67,17 @@ def resolve_storage(storage_path: str | None) -> tuple[str, Path]:
     return str(local), local
 
 
-def _confined(root: Path, storage_path: Path) -> Path:
+def _confined(root: Path, storage_path: Path, settings: JobSettings) -> Path:
     """``root`` with symlinks and ``..`` resolved, refused unless it lies inside ``SIBNN_DATA_ROOTS`` (set by the
     service on every job it submits) — the storage path counts as one, for the synthetic data made there."""
     real = Path(os.path.realpath(root))
-    allowed = os.environ.get("SIBNN_DATA_ROOTS")
+    allowed = settings.data_root_paths
     if allowed is None:  # run by hand, outside the service: the user's own paths
         return real
-    roots = [Path(os.path.realpath(r)) for r in allowed.split(os.pathsep) if r.strip()] + [storage_path]
+    roots = allowed + [storage_path]
     if not any(real == r or real.is_relative_to(r) for r in roots):
         raise InputError(f"dataset.root {root} resolves to {real}, outside the data roots "
-                         f"({', '.join(map(str, roots))})")
+                         f"({', '.join(map(str, roots))}; {DATA_ROOTS_ENV})")
     return real
 
 
@@ -97,8 +98,10 @@ def _check_layout(spec: ExperimentSpec, root: Path) -> None:
         raise InputError(f"dataset.root: {e}") from None
 
 
-def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
-    """The data root every worker reads; synthetic ImageNet-format data is generated once when absent."""
+def prepare_dataset(spec: ExperimentSpec, storage_path: Path, settings: JobSettings | None = None) -> str | None:
+    """The data root every worker reads; synthetic ImageNet-format data is generated once when absent.
+    ``settings``: the job's (default: this process's environment)."""
+    settings = settings or JobSettings.from_env()
     ds = spec.dataset
     if ds.kind in EMBEDDED_DATASETS:
         if ds.kind == "fashion_mnist":  # a Debian package's files: a missing package fails here, in one line
@@ -111,7 +114,7 @@ def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
                 raise InputError(f"dataset.kind: {e}") from None
         return None
     if ds.kind == "synthetic":
-        root = _confined(Path(ds.root), storage_path) if ds.root else storage_path / "datasets" / (
+        root = _confined(Path(ds.root), storage_path, settings) if ds.root else storage_path / "datasets" / (
             f"synthetic-{ds.synthetic_classes}x{ds.synthetic_per_class}")
         if not (root / "train").is_dir():
             from sibnn.data.synthetic import write_synthetic_imagenet
@@ -119,7 +122,7 @@ def prepare_dataset(spec: ExperimentSpec, storage_path: Path) -> str | None:
             write_synthetic_imagenet(root, ds.synthetic_classes, ds.synthetic_per_class,
                                      webdataset=ds.format == "webdataset")
         return str(root / "wds") if ds.format == "webdataset" else str(root)
-    root = _confined(Path(ds.root), storage_path)
+    root = _confined(Path(ds.root), storage_path, settings)
     if not root.is_dir():
         raise InputError(f"dataset.root {ds.root} does not exist or is not a directory (on the machine running the "
                          f"job)")
@@ -136,8 +139,8 @@ def parse_args(argv=None):
     src.add_argument("--preset", choices=sorted(PRESETS))
     p.add_argument("--root", help="dataset root for --preset")
     p.add_argument("--experiment-id", required=True)
-    p.add_argument("--storage-path", default=os.environ.get("SIBNN_STORAGE_PATH"))
-    p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    p.add_argument("--storage-path", help="default: SIBNN_STORAGE_PATH, else ~/sibnn-runs")
+    p.add_argument("--mlflow-uri", help="default: MLFLOW_TRACKING_URI, else a SQLite file in the storage folder")
     p.add_argument("--ray-temp-dir", default=None, help="temp dir for a local Ray started by this command")
     return p.parse_args(argv)
 
@@ -175,10 +178,11 @@ def main(argv=None) -> int:
     try:
         if not EXPERIMENT_ID.fullmatch(args.experiment_id):
             raise InputError("experiment id must be 1–64 letters, digits, '_' or '-', starting with a letter or digit")
+        settings = JobSettings.from_env()  # read once: everything below, and every trial, gets this object
         spec = load_spec(args)
-        storage, local = resolve_storage(args.storage_path)
-        mlflow_uri = args.mlflow_uri or f"sqlite:///{local / 'mlflow.db'}"
-        data_root = prepare_dataset(spec, local)
+        storage, local = resolve_storage(args.storage_path or settings.storage_path)
+        mlflow_uri = args.mlflow_uri or settings.mlflow_tracking_uri or f"sqlite:///{local / 'mlflow.db'}"
+        data_root = prepare_dataset(spec, local, settings)
     except SpecError as e:
         print("invalid spec:", file=sys.stderr)
         for loc, msg in e.errors:
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
     from jobs.manifest import data_fingerprint
     from jobs.sweep import InfeasibleTrialError, run_sweep
 
-    address = os.environ.get("RAY_ADDRESS")
+    address = settings.ray_address
     init_kw = {"address": address} if address else {"include_dashboard": False}
     if not address and args.ray_temp_dir:
         init_kw["_temp_dir"] = args.ray_temp_dir
@@ -205,7 +209,8 @@ def main(argv=None) -> int:
           f"(storage {storage}, MLflow {mlflow_uri})", flush=True)
     try:
         outcome = run_sweep(spec, args.experiment_id, storage_path=storage, mlflow_uri=mlflow_uri,
-                            data_root=data_root, data_fingerprint=data_fingerprint(spec.dataset.kind, data_root))
+                            data_root=data_root, data_fingerprint=data_fingerprint(spec.dataset.kind, data_root),
+                            settings=settings)
     except InfeasibleTrialError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

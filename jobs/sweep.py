@@ -7,43 +7,39 @@ so a restarted driver restores the Tune experiment and every unfinished Train ru
 
 The spec's ``resources.runner = "tune"`` trains each (single-worker CPU) trial in the Tune trial's own process
 instead: the trial asks for its worker's CPUs, reports and checkpoints through Tune, and Tune's failure handling
-resumes it. No Ray Train actors are started: for a small model on a small machine their start-up (six processes
-per trial) costs more than the training (docs/demo.md).
+resumes it. What each runner asks for, holds and keeps, and how it fits a trial, is its object in ``jobs.runners``,
+chosen once from the spec; this module asks it.
+
+The job's settings (``jobs.settings.JobSettings``: the cluster's full size, the torch backend, ...) are read once
+by the entry point and travel with the sweep: in each Tune trial's arguments and in each trial's ``LoopConfig``.
+
+Trials that need other trials (a teacher, an earlier stage of two-step training) run in waves (``spec.waves()``):
+one Tune run per wave, one after the other; the first keeps the experiment's Tune name (``sibnn-<id>``), so a spec
+without dependencies runs and restores as one Tune run exactly as before, and wave k > 0 is ``sibnn-<id>-wave<k>``.
+A restarted driver restores each wave's run in turn: a finished wave's restore hands back its results at once, the
+unfinished one resumes. A trial of a later wave looks up what it needs when it starts (``resolve_needs``): the
+needed trial's MLflow run, FINISHED, and the checkpoint it tagged — the teacher's best, an earlier stage's final.
+A needed trial that failed fails its dependants with an error naming it; the other trials go on.
 """
 from __future__ import annotations
 
-import math
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import ray
-import ray.train
 from ray import tune
-from ray.train.torch import TorchConfig, TorchTrainer
 from mlflow.entities import Metric
-from ray.tune.integration.ray_train import TuneReportCallback
 
-from jobs import tracking
-from jobs.spec import ExperimentSpec, TrialSpec
-from jobs.train_loop import CHECKPOINT_FILE, train_in_tune_trial, train_loop_per_worker
+from jobs import results, tracking
+# DRIVER_RESOURCE and the MAX_*_ENV names are the runners' and the settings' (the deployment tests read them here)
+from jobs.runners import DEFAULT_RUNNER, DRIVER_RESOURCE, RUNNERS, runner_for  # noqa: F401
+from jobs.settings import MAX_CPUS_ENV, MAX_GPUS_ENV, JobSettings
+from jobs.spec import NEED_ROLES, ExperimentSpec, TrialSpec, is_external
+from jobs.train_loop import CHECKPOINT_FILE, LoopConfig, train_trial
 from sibnn.catalog import binarizer_info
 from sibnn.trial import input_shape, model_from_checkpoint
-
-DRIVER_CPU = 0.01  # a Tune driver function only waits on its trainer; a whole CPU each would deadlock small boxes
-# Ray's Tune-over-Train guide: driver functions run on a "safe" node that declares a custom resource (the head in
-# compose, KubeRay and the embedded stack: `--resources '{"TRAIN_DRIVER_RESOURCE": 1}'`), never on the GPU nodes
-# they would keep from scaling down. A sliver each: up to 100 drivers on the head.
-DRIVER_RESOURCE = "TRAIN_DRIVER_RESOURCE"
-DRIVER_RESOURCE_SHARE = 0.01
-# The cluster at full size when it autoscales (KubeRay: maxReplicas × GPUs per worker pod); read from the head's
-# environment. Unset: the cluster is what it is now.
-MAX_GPUS_ENV, MAX_CPUS_ENV = "SIBNN_MAX_CLUSTER_GPUS", "SIBNN_MAX_CLUSTER_CPUS"
-TORCH_BACKEND_ENV = "SIBNN_TORCH_BACKEND"
-TRAIN_MAX_FAILURES = 2  # worker crashes a trial survives (it resumes from its last checkpoint)
-TUNE_MAX_FAILURES = 1   # driver-function failures Tune retries
 
 
 @dataclass
@@ -57,130 +53,149 @@ class InfeasibleTrialError(RuntimeError):
     """A trial asks for more than the whole cluster can ever have: Tune would wait for it forever."""
 
 
-def _env_amount(name: str) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
+class DependencyError(RuntimeError):
+    """A trial needs a trial of an earlier wave that did not finish with the checkpoint it needs."""
+
+
+# Which checkpoint of a needed trial a trial gets, per role. "teacher": its best (the model one would ship; ReActNet
+# distils from a pretrained ResNet-34). "init": its final one — ReActNet's step 2 loads step 1's last save
+# ([code] resnet/2_step2/run.sh copies ../1_step1/models/checkpoint.pth.tar, written every epoch by
+# utils.save_checkpoint, not model_best.pth.tar; train.py loads it with load_state_dict(..., strict=False)).
+NEED_CHECKPOINT = {"teacher": tracking.TAG_BEST_CHECKPOINT, "init": tracking.TAG_FINAL_CHECKPOINT}
+assert set(NEED_CHECKPOINT) == set(NEED_ROLES)
+
+
+def resolve_needs(client, experiment_id: str, trial: TrialSpec) -> dict[str, str]:
+    """role → the checkpoint URI of each trial ``trial`` needs, from that trial's MLflow run (its tag
+    ``NEED_CHECKPOINT[role]``); a ``DependencyError`` naming the trial when it did not finish with one."""
+    out = {}
+    for role, need in trial.needs.items():
+        if is_external(need):
+            out[role] = external_checkpoint(client, need, trial)
+            continue
+        run = tracking.find_trial_run(client, experiment_id, need)
+        tags = run.data.tags if run is not None else {}
+        state = tags.get(tracking.TAG_STATE, run.info.status) if run is not None else "never started"
+        uri = tags.get(NEED_CHECKPOINT[role])
+        if state != "FINISHED" or not uri:
+            why = tags.get(tracking.TAG_ERROR) or ("finished without a checkpoint" if state == "FINISHED" else "")
+            raise DependencyError(f"{trial.trial_id} needs its {role} trial {need!r}, which did not finish "
+                                  f"({state}{': ' + why if why else ''})")
+        out[role] = uri
+    return out
+
+
+def external_checkpoint(client, uri: str, trial: TrialSpec) -> str:
+    """The ``runs:/<run id>/checkpoint/model_state.pt`` artifact URI of a teacher trained before (``TeacherSpec
+    .model_uri``): the trial run it names, or the run a registered ``models:/`` version was logged from; a
+    ``DependencyError`` saying why when it is not a sibnn trial run with a checkpoint on this MLflow."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: not a number") from None
-    if value < 0 or not math.isfinite(value):
-        raise ValueError(f"{name}={raw!r}: must be a number >= 0")
-    return value
+        if uri.startswith("runs:/"):
+            run_id = uri.removeprefix("runs:/")
+        else:
+            name, _, version = uri.removeprefix("models:/").partition("/")
+            if version or "@" in name:  # a registered model's version or alias
+                mv = (client.get_model_version(name, version) if version else
+                      client.get_model_version_by_alias(*name.split("@", 1)))
+                run_id = mv.run_id or client.get_logged_model(mv.model_id).source_run_id
+            else:  # an MLflow 3 logged model by its id (a results row's model_uri)
+                run_id = client.get_logged_model(name).source_run_id
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        raise DependencyError(f"{trial.trial_id} distils from {uri}, which this MLflow does not have: "
+                              f"{e.message}") from None
+    if run.data.tags.get(tracking.TAG_CHECKPOINT_ARTIFACT) != MODEL_STATE:
+        raise DependencyError(f"{trial.trial_id} distils from {uri}: run {run_id} is not a sibnn trial run with a "
+                              f"checkpoint artifact ({MODEL_STATE})")
+    return f"runs:/{run_id}/{MODEL_STATE}"
 
 
-def cluster_capacity(resources: dict) -> dict:
+def wave_name(experiment_id: str, wave: int) -> str:
+    """The Tune run of a wave: the experiment's Tune name for the first (as before waves existed), then -wave<k>."""
+    name = tracking.experiment_name(experiment_id)
+    return name if wave == 0 else f"{name}-wave{wave}"
+
+
+def cluster_capacity(resources: dict, settings: JobSettings | None = None) -> dict:
     """What the cluster can hold at full size: its resources now, raised to ``SIBNN_MAX_CLUSTER_GPUS`` /
     ``SIBNN_MAX_CLUSTER_CPUS`` where those say more (an autoscaling cluster whose GPU group is scaled to zero has
-    no GPU at submit time, but will have them when the trials ask)."""
+    no GPU at submit time, but will have them when the trials ask). ``settings``: the job's (default: this
+    process's environment)."""
+    s = settings or JobSettings.from_env()
     cap = {"CPU": float(resources.get("CPU", 0.0)), "GPU": float(resources.get("GPU", 0.0))}
-    for key, env in (("GPU", MAX_GPUS_ENV), ("CPU", MAX_CPUS_ENV)):
-        most = _env_amount(env)
+    for key, most in (("GPU", s.max_cluster_gpus), ("CPU", s.max_cluster_cpus)):
         if most is not None:
             cap[key] = max(cap[key], most)
     return cap
 
 
-def _trial_cpus(spec: ExperimentSpec) -> float:
-    """CPUs one trial holds: its workers' and its driver's sliver (runner "train"), or its one process's."""
-    r = spec.resources
-    return r.cpus_per_worker if r.runner == "tune" else r.workers_per_trial * r.cpus_per_worker + DRIVER_CPU
-
-
-def check_feasible(spec: ExperimentSpec, resources: dict) -> None:
+def check_feasible(spec: ExperimentSpec, resources: dict, settings: JobSettings | None = None) -> None:
     """Fail fast when one trial cannot fit the cluster even at its full size (``cluster_capacity``)."""
-    r = spec.resources
-    cap = cluster_capacity(resources)
-    need_cpu = _trial_cpus(spec)
+    s = settings or JobSettings.from_env()
+    r, runner = spec.resources, runner_for(spec)
+    cap = cluster_capacity(resources, s)
+    need_cpu = runner.trial_cpus(r)
     need_gpu = r.workers_per_trial * r.gpus_per_worker
     if need_cpu > cap["CPU"] + 1e-9 or need_gpu > cap["GPU"] + 1e-9:
-        grows = (f" ({MAX_GPUS_ENV}={os.environ.get(MAX_GPUS_ENV)}, {MAX_CPUS_ENV}={os.environ.get(MAX_CPUS_ENV)})"
-                 if os.environ.get(MAX_GPUS_ENV) or os.environ.get(MAX_CPUS_ENV) else "")
+        declared = [f"{env}={most:g}" for env, most in ((MAX_GPUS_ENV, s.max_cluster_gpus),
+                                                        (MAX_CPUS_ENV, s.max_cluster_cpus)) if most is not None]
+        grows = f" ({', '.join(declared)})" if declared else ""
         raise InfeasibleTrialError(
             f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (resources: {r.workers_per_trial} workers × "
-            f"{r.cpus_per_worker:g} CPUs, {r.gpus_per_worker:g} GPUs"
-            f"{'' if r.runner == 'tune' else f', plus {DRIVER_CPU} CPU for its driver'}), the "
+            f"{r.cpus_per_worker:g} CPUs, {r.gpus_per_worker:g} GPUs{runner.need_detail()}), the "
             f"Ray cluster can have at most {cap['CPU']:g} CPUs and {cap['GPU']:g} GPUs{grows}; lower the resources "
             f"or add nodes (an autoscaling cluster: set {MAX_GPUS_ENV} / {MAX_CPUS_ENV} on the head to its size "
             f"at maxReplicas)")
 
 
-def max_concurrent_trials(spec: ExperimentSpec, resources: dict) -> int:
-    """As many trials at once as the cluster at full size holds: its GPUs (CPUs on a CPU cluster)."""
+def max_concurrent_trials(spec: ExperimentSpec, resources: dict, settings: JobSettings | None = None,
+                          trials: int | None = None) -> int:
+    """As many trials at once as the cluster at full size holds: its GPUs (CPUs on a CPU cluster); at most
+    ``trials`` (default: the spec's)."""
     r = spec.resources
-    cap = cluster_capacity(resources)
+    cap = cluster_capacity(resources, settings)
     if r.gpus_per_worker > 0:
         fit = cap["GPU"] // (r.workers_per_trial * r.gpus_per_worker)
     else:
-        fit = cap["CPU"] // _trial_cpus(spec)
-    return max(1, min(int(fit), len(spec.trials())))
+        fit = cap["CPU"] // runner_for(spec).trial_cpus(r)
+    return max(1, min(int(fit), len(spec.trials()) if trials is None else trials))
 
 
 def driver_resources(resources: dict, spec: ExperimentSpec | None = None) -> dict:
-    """What each Tune driver function asks for: a sliver of CPU, and of the head's driver resource when the
-    cluster declares it (a cluster that does not, e.g. a bare ``ray.init()``, runs the drivers anywhere). A trial
-    of runner "tune" trains in that process: it asks for its worker's CPUs, on any node."""
-    if spec is not None and spec.resources.runner == "tune":
-        return {"CPU": spec.resources.cpus_per_worker}
-    out = {"CPU": DRIVER_CPU}
-    if resources.get(DRIVER_RESOURCE, 0) > 0:
-        out[DRIVER_RESOURCE] = DRIVER_RESOURCE_SHARE
-    return out
+    """What each Tune trial asks for, as the spec's runner says (no spec: the default runner's driver)."""
+    runner = runner_for(spec) if spec is not None else RUNNERS[DEFAULT_RUNNER]
+    return runner.trial_request(spec.resources if spec is not None else None, resources)
 
 
-def run_trial(config: dict, *, spec_json: str, experiment_id: str, storage_path: str, mlflow_uri: str,
-              parent_run_id: str, data_root: str | None, data_fingerprint: str) -> None:
-    """Tune driver function: one trial = one TorchTrainer (or, runner "tune", the training loop in this process),
-    with its MLflow child run created or resumed by tag."""
-    spec = ExperimentSpec.model_validate_json(spec_json)
+def run_trial(config: dict, *, spec: ExperimentSpec, experiment_id: str, storage_path: str, mlflow_uri: str,
+              parent_run_id: str, data_root: str | None, data_fingerprint: str, settings: JobSettings) -> None:
+    """Tune trial function: one trial, fitted by the spec's runner (one TorchTrainer, or the training loop in this
+    process), with its MLflow child run created or resumed by tag. The keyword arguments are the sweep's, pickled
+    by Tune with this function; ``config`` is Tune's grid point."""
     trial = TrialSpec.model_validate(config["trial"])
     client = tracking.client(mlflow_uri)
     run_id = tracking.ensure_trial_run(client, experiment_id, parent_run_id, spec, trial)
-    loop_config = {"spec": spec.model_dump(mode="json"), "trial": trial.model_dump(), "mlflow_uri": mlflow_uri,
-                   "mlflow_run_id": run_id, "data_root": data_root, "data_fingerprint": data_fingerprint}
     try:
-        if spec.resources.runner == "tune":
-            best = train_in_tune_trial(loop_config)
-        else:
-            best = _fit_ray_train(loop_config, spec, trial, experiment_id, storage_path)
-    except Exception as e:  # TrainingFailedError and friends: the trial's run says why, the sweep goes on
-        client.set_tag(run_id, "sibnn.error", f"{type(e).__name__}: {e}"[:5000])
+        needs = resolve_needs(client, experiment_id, trial)  # the needed trials finished in earlier waves
+        for role, uri in needs.items():
+            client.set_tag(run_id, f"{tracking.TAG_NEEDS}.{role}.checkpoint", uri)
+        loop = LoopConfig(spec=spec, trial=trial, experiment_id=experiment_id, mlflow_uri=mlflow_uri,
+                          mlflow_run_id=run_id, data_root=data_root, data_fingerprint=data_fingerprint,
+                          settings=settings, needs=needs)
+        best, final = loop.runner.fit(train_trial, loop, run_name=f"{experiment_id}-{trial.trial_id}",
+                                      storage_path=storage_path, torch_backend=settings.torch_backend)
+    except Exception as e:  # TrainingFailedError, DependencyError and friends: the run says why, the sweep goes on
+        client.set_tag(run_id, tracking.TAG_ERROR, f"{type(e).__name__}: {e}"[:5000])
         tracking.set_trial_state(client, run_id, "FAILED")
         raise
-    finish_trial(client, run_id, best, spec, trial)
+    finish_trial(client, run_id, best, spec, trial, final=final)
 
 
-def _fit_ray_train(loop_config: dict, spec: ExperimentSpec, trial: TrialSpec, experiment_id: str,
-                   storage_path: str):
-    """Runner "train": the trial as one TorchTrainer run; returns its best checkpoint by val_top1 (or None)."""
-    res = spec.resources
-    use_gpu = res.gpus_per_worker > 0
-    per_worker = {"CPU": res.cpus_per_worker}
-    if use_gpu:
-        per_worker["GPU"] = res.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        # Ray's default: NCCL when the workers have GPUs; SIBNN_TORCH_BACKEND overrides it (gloo on a cluster
-        # whose GPUs torch cannot use, e.g. the scheduling tests' fake GPUs).
-        torch_config=TorchConfig(backend=os.environ.get(TORCH_BACKEND_ENV) or None),
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=res.workers_per_trial, use_gpu=use_gpu,
-                                               resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name=f"{experiment_id}-{trial.trial_id}", storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_top1",
-                                                         checkpoint_score_order="max"),
-            callbacks=[TuneReportCallback()]),
-    )
-    result = trainer.fit()
-    return result.get_best_checkpoint("val_top1", "max") if result.best_checkpoints else None
-
-
-def finish_trial(client, run_id: str, best, spec: ExperimentSpec, trial: TrialSpec) -> None:
-    """Final metrics, the best checkpoint's (a Ray Checkpoint, or None) location and the model summary on the
-    trial's run."""
+def finish_trial(client, run_id: str, best, spec: ExperimentSpec, trial: TrialSpec, final=None) -> None:
+    """Final metrics, the best and the final checkpoints' (Ray Checkpoints, or None) locations and the model summary
+    on the trial's run."""
     import torch
 
     from sibnn.summary import summarize
@@ -189,9 +204,11 @@ def finish_trial(client, run_id: str, best, spec: ExperimentSpec, trial: TrialSp
     hist5 = {m.step: m.value for m in client.get_metric_history(run_id, "val_top5")}
     secs = client.get_metric_history(run_id, "epoch_seconds")
     last = max(hist) if hist else None
-    final = {"best_val_top1": max(hist.values()), "best_val_top5": max(hist5.values()),
-             "final_val_top1": hist[last], "final_val_top5": hist5[last],
-             "wall_time_s": sum(m.value for m in secs)} if hist else {}
+    metrics = {"best_val_top1": max(hist.values()), "best_val_top5": max(hist5.values()),
+               "final_val_top1": hist[last], "final_val_top5": hist5[last],
+               "wall_time_s": sum(m.value for m in secs)} if hist else {}
+    if final is not None:
+        client.set_tag(run_id, tracking.TAG_FINAL_CHECKPOINT, checkpoint_uri(final))
     if best is not None:
         client.set_tag(run_id, tracking.TAG_BEST_CHECKPOINT, checkpoint_uri(best))
         with best.as_directory() as d:  # a local folder, downloaded when the storage is an object store
@@ -203,11 +220,12 @@ def finish_trial(client, run_id: str, best, spec: ExperimentSpec, trial: TrialSp
         summary = summarize(model, shape)
         client.log_text(run_id, str(summary), "model_summary.txt")
         client.log_dict(run_id, summary.to_dict(), "model_summary.json")
-        final.update(packed_bytes=summary.totals["packed_bytes"], fp32_bytes=summary.totals["fp32_bytes"])
-        if binarizer_info(trial.binarizer).packable:
-            final.update(_export_packed(client, run_id, model, cfg, shape))
+        metrics.update(packed_bytes=summary.totals["packed_bytes"], fp32_bytes=summary.totals["fp32_bytes"])
+        # a real-weights stage is not a binary model yet: packing would binarize its weights
+        if binarizer_info(trial.binarizer).packable and trial.weights != "real":
+            metrics.update(_export_packed(client, run_id, model, cfg, shape))
     ts = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in final.items()])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
     tracking.set_trial_state(client, run_id, "FINISHED")
 
 
@@ -231,19 +249,27 @@ def _log_checkpoint(client, run_id: str, ckpt: dict) -> None:
 
 
 def log_best_models(client, mlflow_uri: str, rows: list[dict]) -> dict[tuple[str, str], str]:
-    """The best finished trial per (arch, binarizer) as an MLflow model (``mlflow.pytorch.log_model`` on its run),
-    registered as ``sibnn-<arch>-<binarizer>``; returns the model URIs. A rerun keeps what is already logged."""
+    """The best finished trial per (arch, binarizer) as an MLflow model, registered as ``sibnn-<arch>-<binarizer>``
+    with its signature; returns the model URIs. A rerun keeps what is already logged.
+
+    The trial's run is finished by now and stays as it ended: the model is an MLflow 3 logged model whose source is
+    that run (``initialize_logged_model(source_run_id=...)``, then listed in the run's outputs), not a model logged
+    inside a resumed run — ``start_run(run_id=...)`` would reopen the run and end it again, moving its end time to
+    the end of the sweep."""
     import tempfile
 
     import mlflow
     import mlflow.pytorch
     import torch
+    from mlflow.entities import LoggedModelOutput
 
     import sibnn
 
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
-        if r["state"] == "FINISHED" and r["best_top1"] is not None and r["checkpoint_uri"]:
+        # an earlier step of two-step training is not a final model
+        if r["state"] == "FINISHED" and r["best_top1"] is not None and r["checkpoint_uri"] \
+                and not results.is_intermediate(r):
             key = (r["arch"], r["binarizer"])
             if key not in best or r["best_top1"] > best[key]["best_top1"]:
                 best[key] = r
@@ -257,17 +283,36 @@ def log_best_models(client, mlflow_uri: str, rows: list[dict]) -> dict[tuple[str
             ckpt = torch.load(client.download_artifacts(r["run_id"], MODEL_STATE, d), map_location="cpu",
                               weights_only=False)
         model = model_from_checkpoint(ckpt)
-        with mlflow.start_run(run_id=r["run_id"]):
-            info = mlflow.pytorch.log_model(
-                model, name="model", registered_model_name=f"sibnn-{arch}-{binarizer}",
-                # pickle, not MLflow's default pt2: torch.export traces the input example's batch size into the
-                # graph (a model exported at batch 1 refuses batch 5), and every use here evaluates batches.
-                serialization_format="pickle",
-                code_paths=[str(Path(sibnn.__file__).parent)],  # the model's classes, to load it elsewhere
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        run = client.get_run(r["run_id"])
+        logged = mlflow.initialize_logged_model(name="model", source_run_id=run.info.run_id,
+                                                experiment_id=run.info.experiment_id, params=run.data.params)
+        info = mlflow.pytorch.log_model(
+            model, name="model", model_id=logged.model_id, registered_model_name=f"sibnn-{arch}-{binarizer}",
+            signature=model_signature(model, ckpt["config"]),
+            # pickle, not MLflow's default pt2: torch.export traces the input example's batch size into the
+            # graph (a model exported at batch 1 refuses batch 5), and every use here evaluates batches.
+            serialization_format="pickle",
+            code_paths=[str(Path(sibnn.__file__).parent)],  # the model's classes, to load it elsewhere
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        client.log_outputs(run.info.run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
         client.set_tag(r["run_id"], tracking.TAG_MODEL_URI, info.model_uri)
         out[(arch, binarizer)] = info.model_uri
     return out
+
+
+SIGNATURE_BATCH = 2  # the batch the signature is inferred from; its batch axis is variable (-1) either way
+
+
+def model_signature(model, config: dict):
+    """The MLflow signature of a trained model: a float32 tensor of the trial's input shape (any batch) → its
+    logits, inferred from the model's own output on a small seeded batch of normalised inputs."""
+    import torch
+    from mlflow.models import infer_signature
+
+    x = torch.randn((SIGNATURE_BATCH, *input_shape(config)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model.eval()(x)
+    return infer_signature(x.numpy(), y.numpy())
 
 
 def checkpoint_uri(checkpoint) -> str:
@@ -297,39 +342,46 @@ def _export_packed(client, run_id: str, model, cfg: dict, shape: tuple) -> dict:
 
 
 def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, mlflow_uri: str,
-              data_root: str | None, data_fingerprint: str, callbacks: list | None = None) -> SweepOutcome:
-    """``callbacks``: Tune callbacks of a new sweep (observers, e.g. the scheduling tests')."""
+              data_root: str | None, data_fingerprint: str, callbacks: list | None = None,
+              settings: JobSettings | None = None) -> SweepOutcome:
+    """``callbacks``: Tune callbacks of a new sweep (observers, e.g. the scheduling tests'). ``settings``: the
+    job's, as its entry point read them (default: this process's environment, read here once)."""
+    settings = settings or JobSettings.from_env()
+    runner = runner_for(spec)
     resources = ray.cluster_resources()
-    check_feasible(spec, resources)
+    check_feasible(spec, resources, settings)
     client = tracking.client(mlflow_uri)
     parent = tracking.ensure_parent_run(client, experiment_id, spec)
     client.update_run(parent, status="RUNNING")
-    trials = spec.trials()
-    driver = partial(run_trial, spec_json=spec.model_dump_json(), experiment_id=experiment_id,
-                     storage_path=storage_path, mlflow_uri=mlflow_uri, parent_run_id=parent, data_root=data_root,
-                     data_fingerprint=data_fingerprint)
+    driver = partial(run_trial, spec=spec, experiment_id=experiment_id, storage_path=storage_path,
+                     mlflow_uri=mlflow_uri, parent_run_id=parent, data_root=data_root,
+                     data_fingerprint=data_fingerprint, settings=settings)
     trainable = tune.with_resources(driver, driver_resources(resources, spec))
-    name = tracking.experiment_name(experiment_id)
-    # A string join, not Path: storage_path may be a URI (s3://bucket/runs), which Path folds to s3:/bucket/runs.
-    path = f"{storage_path.rstrip('/')}/{name}"
-    if tune.Tuner.can_restore(path):
-        # A restarted driver: finished trials stay finished, unfinished ones resume (Train resumes by run name).
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search([t.model_dump() for t in trials])},
-            # reuse_actors: a finished trial's driver-function actor runs the next trial (Tune's reset_config),
-            # instead of a new process importing torch, Ray Train and MLflow again; every trial asks for the same
-            # resources, so any slot fits any trial.
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials(spec, resources),
-                                        reuse_actors=True,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
-                                      **_tune_checkpointing(spec)),
-        )
-    grid = tuner.fit()
-    failed = sorted(r.config["trial"]["trial_id"] for r in grid if r.error is not None)
+    failed = []
+    for k, wave in enumerate(spec.waves()):  # a wave needs only the waves before it: one Tune run after the other
+        name = wave_name(experiment_id, k)
+        # A string join, not Path: storage_path may be a URI (s3://bucket/runs), which Path folds to s3:/bucket/runs.
+        path = f"{storage_path.rstrip('/')}/{name}"
+        if tune.Tuner.can_restore(path):
+            # A restarted driver: finished trials stay finished (a finished wave's restore returns its results),
+            # unfinished ones resume (Train resumes by run name).
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search([t.model_dump() for t in wave])},
+                # reuse_actors: a finished trial's driver-function actor runs the next trial (Tune's reset_config),
+                # instead of a new process importing torch, Ray Train and MLflow again; every trial asks for the
+                # same resources, so any slot fits any trial.
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=max_concurrent_trials(spec, resources, settings, trials=len(wave)),
+                    reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
+                                          **runner.tune_run_options()),
+            )
+        grid = tuner.fit()
+        failed += [r.config["trial"]["trial_id"] for r in grid if r.error is not None]
+    failed.sort()
     rows = tracking.results(client, experiment_id)
     if log_best_models(client, mlflow_uri, rows):
         rows = tracking.results(client, experiment_id)  # with the model URIs
@@ -338,17 +390,6 @@ def run_sweep(spec: ExperimentSpec, experiment_id: str, *, storage_path: str, ml
     log_sweep_report(client, parent, experiment_id, spec, rows)
     tracking.set_trial_state(client, parent, "FAILED" if failed else "FINISHED")
     return SweepOutcome(parent, rows, failed)
-
-
-def _tune_checkpointing(spec: ExperimentSpec) -> dict:
-    """Runner "train": Train keeps the checkpoints and survives worker crashes; Tune retries a failed driver.
-    Runner "tune": the trial's process is its only worker, so Tune keeps its checkpoints (as Train would: the two
-    best by val_top1, and the latest) and retries it as often as Train would restart a crashed worker."""
-    if spec.resources.runner == "train":
-        return {"failure_config": tune.FailureConfig(max_failures=TUNE_MAX_FAILURES)}
-    return {"failure_config": tune.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
-            "checkpoint_config": tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_top1",
-                                                       checkpoint_score_order="max")}
 
 
 def _trial_name(trial) -> str:

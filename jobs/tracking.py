@@ -4,12 +4,17 @@ One MLflow experiment per service experiment, named ``sibnn-<experiment id>``; i
 (tag ``sibnn.role = parent``) and one run per trial (``sibnn.role = trial``, ``sibnn.trial_id``,
 ``sibnn.parent_run_id``). Every run is found by its tags before one is created, so a restarted driver or a
 resubmitted job resumes the same runs and never duplicates them.
+
+A trial that is the experiment's teacher or a stage of two-step training says so in its tags and params (its
+role, stage, weights, and the trial ids it distilled from and started from); its results row carries them with a
+readable label (``jobs.results.trial_label``: "Si-BNN · 2-step · KD"). Each finished trial tags its best and its
+final checkpoint: what a later trial that needs it reads (``jobs.sweep.resolve_needs``).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-import os
 import time
 import warnings
 
@@ -20,14 +25,24 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from jobs import results as tables
+from jobs.settings import JobSettings
 from jobs.spec import ExperimentSpec, TrialSpec
-from sibnn.catalog import binarizer_info
+from sibnn.catalog import binarizer_info, evaluation_protocol
 
 TAG_EXPERIMENT = "sibnn.experiment_id"
 TAG_ROLE = "sibnn.role"
 TAG_TRIAL = "sibnn.trial_id"
 TAG_SPEC_FINGERPRINT = "sibnn.spec_fingerprint"
 TAG_BEST_CHECKPOINT = "sibnn.best_checkpoint"
+TAG_FINAL_CHECKPOINT = "sibnn.final_checkpoint"  # the last epoch's checkpoint (what two-step's step 2 starts from)
+# What makes a trial a teacher or a stage (absent on a grid point trained once): TrialSpec.role, .stage, .weights,
+# and per need (role "teacher" | "init") the trial id, and the checkpoint the trial was given of it.
+TAG_TRIAL_ROLE = "sibnn.trial_role"
+TAG_STAGE = "sibnn.stage"
+TAG_WEIGHTS = "sibnn.weights"
+TAG_NEEDS = "sibnn.needs"  # sibnn.needs.<role> = trial id; sibnn.needs.<role>.checkpoint = its checkpoint URI
+TAG_ERROR = "sibnn.error"  # why a trial failed
 TAG_CHECKPOINT_ARTIFACT = "sibnn.artifact.checkpoint"  # artifact path of the best checkpoint (state dict + config)
 TAG_PACKED_ARTIFACT = "sibnn.artifact.packed"  # artifact path of the bit-packed model file (Si-BNN trials)
 TAG_MODEL_URI = "sibnn.model_uri"  # the MLflow model (mlflow.pytorch) of the best trial per (arch, binarizer)
@@ -51,15 +66,9 @@ def experiment_name(experiment_id: str) -> str:
     return f"sibnn-{experiment_id}"
 
 
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise RuntimeError("MLFLOW_TRACKING_URI is not set: point it at the MLflow tracking server")
-    return uri
-
-
 def client(uri: str | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    """A client of ``uri``, else of the job settings' MLFLOW_TRACKING_URI (a container's own server)."""
+    return MlflowClient(tracking_uri=uri or JobSettings.from_env().mlflow_uri())
 
 
 def experiment_tags(experiment_id: str, spec: ExperimentSpec | None = None) -> dict[str, str]:
@@ -123,8 +132,12 @@ def ensure_trial_run(c: MlflowClient, experiment_id: str, parent_run_id: str, sp
         return runs[0].info.run_id
     run = c.create_run(mlflow_exp_id, run_name=run_name(trial),
                        tags={TAG_EXPERIMENT: experiment_id, TAG_ROLE: "trial", TAG_TRIAL: trial.trial_id,
-                             PARENT_TAG: parent_run_id, TAG_STATE: "PENDING"})
-    params = {**trial.params(), **{k: v for k, v in _flatten_spec(spec).items() if not k.startswith("grid.")}}
+                             PARENT_TAG: parent_run_id, TAG_STATE: "PENDING", **dependency_tags(trial)})
+    flat = {k: v for k, v in _flatten_spec(spec).items() if not k.startswith("grid.")}
+    if trial.recipe is not None:  # the teacher's or the stage's recipe is the one it trains with
+        flat = {k: v for k, v in flat.items() if not k.startswith("recipe.")}
+        flat.update({f"recipe.{k}": v for k, v in trial.recipe.model_dump(mode="json").items()})
+    params = {**trial.params(), **flat}
     c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     c.log_inputs(run.info.run_id, datasets=[dataset_input(spec)])
     return run.info.run_id
@@ -152,13 +165,23 @@ def dataset_input(spec: ExperimentSpec) -> DatasetInput:
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train+val")])
 
 
+def dependency_tags(trial: TrialSpec) -> dict[str, str]:
+    """The tags of a teacher or a stage trial (none for a grid point trained once)."""
+    tags = {TAG_TRIAL_ROLE: trial.role if trial.role != "grid" else None, TAG_STAGE: trial.stage,
+            TAG_WEIGHTS: trial.weights, **{f"{TAG_NEEDS}.{role}": need for role, need in trial.needs.items()}}
+    return {k: v for k, v in tags.items() if v is not None}
+
+
 def run_name(trial: TrialSpec) -> str:
     """A trial run's name as the MLflow UI lists it and its charts' legends show it: ``Si-BNN ρ=0.3 · seed 0 ·
-    mlp_small`` (the machine id stays in the ``sibnn.trial_id`` tag)."""
+    mlp_small`` (the machine id stays in the ``sibnn.trial_id`` tag); a teacher or a stage says so after it
+    (``· 2-step, step1 (real weights) · KD``)."""
     what = binarizer_info(trial.binarizer).label
     if trial.rho is not None:
         what += f" ρ={trial.rho:g}"
-    return f"{what} · seed {trial.seed} · {trial.arch}"
+    how = tables.method_of({"role": trial.role, "stage": trial.stage, "weights": trial.weights,
+                            "teacher_trial": trial.needs.get("teacher"), "init_trial": trial.needs.get("init")})
+    return f"{what} · seed {trial.seed} · {trial.arch}" + (f" · {how}" if how else "")
 
 
 def _flatten_spec(spec: ExperimentSpec) -> dict:
@@ -167,6 +190,10 @@ def _flatten_spec(spec: ExperimentSpec) -> dict:
     for section in ("dataset", "grid", "recipe", "resources"):
         for k, v in d[section].items():
             out[f"{section}.{k}"] = v
+    # the dependency sections, when present, as one JSON param each (absent: the params are what they were)
+    for section in ("teacher", "stages", "stage_binarizers"):
+        if section in d:
+            out[section] = json.dumps(d[section], sort_keys=True)
     return out
 
 
@@ -206,6 +233,13 @@ def mark_killed(c: MlflowClient, experiment_id: str) -> int:
     return len(alive)
 
 
+def find_trial_run(c: MlflowClient, experiment_id: str, trial_id: str):
+    """The MLflow run of one trial of the experiment, or None (not started yet)."""
+    exp = c.get_experiment_by_name(experiment_name(experiment_id))
+    runs = _find_runs(c, exp.experiment_id, f"tags.`{TAG_TRIAL}` = '{trial_id}'") if exp is not None else []
+    return runs[0] if runs else None
+
+
 def trial_runs(c: MlflowClient, experiment_id: str) -> list:
     exp = c.get_experiment_by_name(experiment_name(experiment_id))
     if exp is None:
@@ -226,8 +260,11 @@ def _param_float(v):
 
 
 def result_row(run) -> dict:
-    """One results-table row (DESIGN.md "Results table") from a trial run."""
+    """One results-table row (DESIGN.md "Results table") from a trial run: with, for a teacher or a stage trial, what
+    makes it one and a readable label (``jobs.results.trial_label``)."""
     p, m, t = run.data.params, run.data.metrics, run.data.tags
+    how = {"role": t.get(TAG_TRIAL_ROLE, "grid"), "stage": t.get(TAG_STAGE), "weights": t.get(TAG_WEIGHTS),
+           "teacher_trial": t.get(f"{TAG_NEEDS}.teacher"), "init_trial": t.get(f"{TAG_NEEDS}.init")}
     return {
         "trial_id": t.get(TAG_TRIAL), "arch": p.get("arch"), "binarizer": p.get("binarizer"),
         "rho": _param_float(p.get("rho")), "seed": int(p["seed"]) if "seed" in p else None,
@@ -242,6 +279,11 @@ def result_row(run) -> dict:
         # Artifact URIs (mlflow.artifacts.download_artifacts, `sibnn download`): read from tags, nothing loaded.
         "checkpoint_uri": _artifact_uri(run, t.get(TAG_CHECKPOINT_ARTIFACT)),
         "packed_uri": _artifact_uri(run, t.get(TAG_PACKED_ARTIFACT)), "model_uri": t.get(TAG_MODEL_URI),
+        "final_checkpoint": t.get(TAG_FINAL_CHECKPOINT), "recipe": p.get("recipe.name"), **how,
+        "method": tables.method_of(how), "label": tables.trial_label({**how, "binarizer": p.get("binarizer")}),
+        "evaluation": evaluation_protocol(p.get("dataset.kind"), p.get("arch"),
+                                          int(p["dataset.image_size"]) if p.get("dataset.image_size") not in
+                                          (None, "None", "") else None),
     }
 
 
@@ -261,4 +303,4 @@ def _artifact_uri(run, path: str | None) -> str | None:
 def results(c: MlflowClient, experiment_id: str) -> list[dict]:
     return sorted((result_row(r) for r in trial_runs(c, experiment_id)),
                   key=lambda r: (r["arch"] or "", r["binarizer"] or "", r["rho"] if r["rho"] is not None else -1,
-                                 r["seed"] or 0))
+                                 r["seed"] or 0, r["method"]))

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from service import stack
+from console import stack
 
 
 @pytest.fixture(scope="session")

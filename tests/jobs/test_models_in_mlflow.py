@@ -11,7 +11,7 @@ import torch
 from jobs import tracking
 from jobs.spec import parse_spec
 from jobs.sweep import model_from_checkpoint, run_sweep
-from service.cli import download_trial
+from console.cli import download_trial
 from sibnn.data.small import load_small_dataset, small_loaders
 from sibnn.engine import evaluate
 
@@ -27,6 +27,7 @@ def test_trials_carry_their_models_and_the_best_is_registered(local_ray, mlflow_
                     data_fingerprint="test")
     assert out.failed == []
     c = tracking.client(mlflow_uri)
+    mlflow.set_tracking_uri(mlflow_uri)
     rows = {r["trial_id"]: r for r in out.rows}
     for r in rows.values():
         arts = {a.path for a in c.list_artifacts(r["run_id"], "checkpoint")}
@@ -43,12 +44,18 @@ def test_trials_carry_their_models_and_the_best_is_registered(local_ray, mlflow_
         # experiment's versions are exactly its best trial's
         versions = c.search_model_versions(f"name = 'sibnn-digits_cnn-{binarizer}'")
         assert [v.run_id for v in versions if v.run_id in ours] == [best["run_id"]]
+        # logged with its signature, after its trial's run ended, without reopening that run (test_best_model.py)
+        (version,) = [v for v in versions if v.run_id in ours]
+        assert version.creation_timestamp > c.get_run(best["run_id"]).info.end_time
+        assert mlflow.models.get_model_info(best["model_uri"]).signature is not None
 
     ds = load_small_dataset("digits")
     _, val = small_loaders(ds, 64)
     best_sibnn = max((r for r in rows.values() if r["binarizer"] == "sibnn"), key=lambda r: r["best_top1"])
     mlflow.set_tracking_uri(mlflow_uri)
-    registered = mlflow.pytorch.load_model("models:/sibnn-digits_cnn-sibnn/1")
+    # this experiment's version (other tests' sweeps on this server register digits_cnn models too)
+    (mine,) = [v for v in c.search_model_versions("name = 'sibnn-digits_cnn-sibnn'") if v.run_id in ours]
+    registered = mlflow.pytorch.load_model(f"models:/sibnn-digits_cnn-sibnn/{mine.version}")
     top1 = evaluate(registered, val, device=torch.device("cpu"))["val_top1"]
     assert top1 == pytest.approx(best_sibnn["best_top1"], abs=1e-6), "the registered model is the best checkpoint"
 

@@ -17,7 +17,7 @@ import pytest
 
 from jobs import tracking
 from jobs.spec import parse_spec
-from service import stack
+from console import stack
 
 pytestmark = pytest.mark.slow
 

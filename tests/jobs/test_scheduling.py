@@ -52,7 +52,7 @@ def test_a_trial_larger_than_the_cluster_can_ever_be_is_refused_with_the_reason(
     with pytest.raises(InfeasibleTrialError, match=r"needs 0.51 CPUs and 2 GPUs .* at most 4 CPUs and 0 GPUs;"):
         check_feasible(_spec(1, 2), {"CPU": 4.0})  # a fixed cluster without GPUs
     monkeypatch.setenv("SIBNN_MAX_CLUSTER_GPUS", "eight")
-    with pytest.raises(ValueError, match="SIBNN_MAX_CLUSTER_GPUS='eight': not a number"):
+    with pytest.raises(ValueError, match="SIBNN_MAX_CLUSTER_GPUS='eight': Input should be a valid number"):
         check_feasible(_spec(1, 2), {"CPU": 4.0})
 
 

@@ -147,27 +147,28 @@ def _actors(local_ray, class_name: str, state: str | None = None) -> list:
 
 
 def _sweep_with_a_kill(local_ray, c, spec, experiment_id: str, storage, mlflow_uri, actor_class: str) -> tuple:
-    """Run the sweep while a thread SIGKILLs the newest live ``actor_class`` process once the (first) trial has
-    logged two epochs; returns the outcome and what was killed (pid, epochs logged by then). The process — one that
-    was not there before this sweep — is looked up from the start (the state API can take seconds on a busy
-    machine), killed later."""
+    """Run the sweep while a thread SIGKILLs the newest ``actor_class`` process once the (first) trial has logged
+    two epochs; returns the outcome and what was killed (pid, epochs logged by then). The process — one of this
+    test's Ray worker processes that was not running ``actor_class`` before this sweep — is found by its process
+    title among this process's descendants (tests/jobs/procs.py: milliseconds, where Ray's state API took longer
+    than a 15-second trial lived on a loaded CI machine)."""
+    from tests.jobs.procs import descendants_running
+
     killed = {}
-    # processes of earlier sweeps on this Ray (the state API may still list them ALIVE for a while) are not ours
-    before = {a.pid for a in _actors(local_ray, actor_class)}
+    title = f"ray::{actor_class}"
+    before = set(descendants_running(title))  # an earlier sweep's process still exiting is not ours
 
     def kill_mid_run():
         deadline = time.monotonic() + 240
-        pid = None
         while time.monotonic() < deadline and not killed:
             runs = tracking.trial_runs(c, experiment_id)
-            if pid is None:  # looked up from the start: the lookup can take seconds, the trial's epochs less
-                live = [a for a in _actors(local_ray, actor_class, "ALIVE") if a.pid not in before]
-                pid = live[-1].pid if live else None
-            if pid is not None and runs and len(tracking.logged_epochs(c, runs[0].info.run_id)) >= 2:
-                killed["epochs_logged"] = len(tracking.logged_epochs(c, runs[0].info.run_id))
-                os.kill(pid, signal.SIGKILL)
-                killed["pid"] = pid
-                return
+            if runs and len(tracking.logged_epochs(c, runs[0].info.run_id)) >= 2:
+                live = [p for p in descendants_running(title) if p not in before]
+                if live:
+                    killed["epochs_logged"] = len(tracking.logged_epochs(c, runs[0].info.run_id))
+                    os.kill(live[-1], signal.SIGKILL)
+                    killed["pid"] = live[-1]
+                    return
             time.sleep(0.1)
 
     killer = threading.Thread(target=kill_mid_run, daemon=True)
@@ -249,7 +250,7 @@ def test_sigterm_cancels_cleanly_marks_runs_killed_and_keeps_checkpoints(mlflow_
     import subprocess
     import sys
 
-    from service.stack import Server
+    from console.stack import Server
 
     spec = _spec(recipe={"epochs": 30, "batch_size": 16})
     import tempfile
