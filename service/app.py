@@ -1,7 +1,8 @@
 """The FastAPI control plane: ``create_app(settings)``; ``service.app:app`` reads the settings from the env.
 
 The lifespan opens the database (migrating it), and runs the reconciler: every few seconds, in a worker thread
-(the Ray and MLflow clients block), experiment status is brought in step with Ray.
+(the Ray and MLflow clients block), experiment status is brought in step with Ray, and the experiments the API
+accepted are submitted (MLflow parent run, then the Ray job): a request never waits on MLflow or Ray to create one.
 """
 from __future__ import annotations
 
@@ -30,12 +31,15 @@ async def _reconcile_forever(ctx: Context) -> None:
     loop = asyncio.get_running_loop()
     try:
         while True:
+            ctx.wake.clear()  # before the pass: an experiment accepted during it wakes the wait below at once
             try:
                 await loop.run_in_executor(own, reconcile_once, ctx)
             except Exception:  # noqa: BLE001
                 log.exception("reconciler pass failed")
-            await asyncio.sleep(ctx.settings.reconcile_interval_s)
+            # The interval, or less when an experiment was accepted meanwhile (it is submitted by the next pass).
+            await loop.run_in_executor(own, ctx.wake.wait, ctx.settings.reconcile_interval_s)
     finally:
+        ctx.wake.set()  # a wait in progress returns now: its thread does not outlive the app by an interval
         own.shutdown(wait=False)
 
 

@@ -48,7 +48,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class Experiment(Base):
+class ExperimentRow(Base):
     __tablename__ = "experiments"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -67,19 +67,19 @@ class Experiment(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    attempts: Mapped[list[Attempt]] = relationship(back_populates="experiment", order_by="Attempt.number",
-                                                   lazy="selectin", cascade="all, delete-orphan")
+    attempts: Mapped[list[AttemptRow]] = relationship(back_populates="experiment", order_by="AttemptRow.number",
+                                                      lazy="selectin", cascade="all, delete-orphan")
 
     @property
     def submission_id(self) -> str:
         return submission_id(self.id, self.attempt)
 
     @property
-    def current_attempt(self) -> Attempt | None:
+    def current_attempt(self) -> AttemptRow | None:
         return next((a for a in self.attempts if a.number == self.attempt), None)
 
 
-class Attempt(Base):
+class AttemptRow(Base):
     """One submission of an experiment to Ray; the Ray ``submission_id`` is ``<experiment id>-<number>``."""
 
     __tablename__ = "attempts"
@@ -92,13 +92,16 @@ class Attempt(Base):
     ray_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Submission is a step of the reconciler (accept, then submit): which reconciler took it, when (a lease), and
+    # when Ray accepted the job.
+    submit_claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    experiment: Mapped[Experiment] = relationship(back_populates="attempts")
+    experiment: Mapped[ExperimentRow] = relationship(back_populates="attempts")
 
 
-class IdempotencyKey(Base):
+class IdempotencyKeyRow(Base):
     """``Idempotency-Key`` of a POST: the body's fingerprint, and the experiment once it exists."""
 
     __tablename__ = "idempotency_keys"

@@ -13,7 +13,9 @@ their checkpoints and its MLflow runs by tag.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import threading
@@ -30,10 +32,11 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from jobs import tracking
+from jobs import estimate, tracking
 from jobs.spec import ExperimentSpec, parse_spec
 from service import db
-from service.db import Experiment, utcnow
+from service.db import ExperimentRow
+from service.calls import CallGate
 from service.errors import Conflict, DependencyUnavailable, DomainError, InvalidInput, NotFound
 from service.ray_jobs import JobNotFound, JobState, RayJobs, RayUnavailable, clean_message
 from service.reconcile import CANCELLED_BY_REQUEST, Action, Limits, Ray, Seen, decide
@@ -67,6 +70,8 @@ class Context:
     # would hold every waiting request's thread); the call gate refuses the extra calls at once instead.
     trials_cache: cachetools.TTLCache = field(init=False)
     trials_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    # Set when an experiment is accepted: the reconciler submits it now rather than at its next interval.
+    wake: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self):
         self.ray = RayJobs(self.settings)
@@ -110,7 +115,7 @@ class Context:
 
     @cachetools.cachedmethod(attrgetter("trials_cache"), key=lambda _self, exp, _spec: exp.id,
                              lock=attrgetter("trials_lock"))
-    def trials(self, exp: Experiment, spec: ExperimentSpec) -> list[dict]:
+    def trials(self, exp: ExperimentRow, spec: ExperimentSpec) -> list[dict]:
         """Per trial of ``exp``: state, epoch, latest metrics, MLflow link (cached ``trials_cache_s`` seconds)."""
         return self.mlflow_call(trial_status, exp.id, spec, self.settings.mlflow_ui, exp.mlflow_experiment_id)
 
@@ -125,25 +130,6 @@ def explain_mlflow_error(e: Exception, uri: str, timeout: float) -> str:
         return f"MLflow at {uri} is unreachable ({text.split('Caused by', 1)[-1].strip(' ()')[:200]})"
     first = (text.strip().splitlines() or [type(e).__name__])[0]
     return f"MLflow at {uri} failed: {first[:300]}"
-
-
-class CallGate:
-    """A bounded thread pool that refuses work instead of queueing it when every slot is taken."""
-
-    def __init__(self, slots: int, name: str):
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=slots, thread_name_prefix=name)
-        self.slots = threading.BoundedSemaphore(slots)
-
-    def submit(self, fn) -> concurrent.futures.Future | None:
-        if not self.slots.acquire(blocking=False):
-            return None
-        try:
-            future = self.pool.submit(fn)
-        except BaseException:
-            self.slots.release()
-            raise
-        future.add_done_callback(lambda _: self.slots.release())
-        return future
 
 
 # --- create -------------------------------------------------------------------------------------------------------
@@ -181,61 +167,67 @@ def confine_dataset(settings: Settings, spec: ExperimentSpec) -> ExperimentSpec:
 
 
 def create_experiment(ctx: Context, spec: ExperimentSpec,
-                      idempotency_key: str | None = None) -> tuple[Experiment, bool]:
-    """Store, register in MLflow and submit to Ray. Returns (experiment, created); a replayed key returns the
-    experiment it created before with created=False."""
+                      idempotency_key: str | None = None) -> tuple[ExperimentRow, bool]:
+    """Accept: check the spec against this service's limits and store it PENDING, with its key, in one transaction.
+    Nothing here calls MLflow or Ray: the reconciler submits it (``submit_attempt``), woken at once. Returns
+    (experiment, created); a replayed key returns the experiment it created before with created=False."""
     spec = confine_dataset(ctx.settings, spec)
-    fingerprint = spec.fingerprint()
-    if idempotency_key is not None:
-        replayed = ctx.store.claim_key(idempotency_key, fingerprint)
-        if replayed is not None:
-            return replayed, False
-    exp_id = uuid.uuid4().hex[:16]
-    try:
-        n = len(spec.trials())
-        if n > ctx.settings.max_trials:
-            raise InvalidInput("grid", f"the grid expands to {n} trials; this service takes at most "
-                                       f"{ctx.settings.max_trials}")
-        ctx.store.insert_experiment(exp_id, name=spec.name, spec_json=spec.model_dump_json(),
-                                    fingerprint=fingerprint, n_trials=n,
+    n = len(spec.trials())
+    if n > ctx.settings.max_trials:
+        raise InvalidInput("grid", f"the grid expands to {n} trials; this service takes at most "
+                                   f"{ctx.settings.max_trials}")
+    exp, created = ctx.store.create(uuid.uuid4().hex[:16], key=idempotency_key, fingerprint=spec.fingerprint(),
+                                    name=spec.name, spec_json=spec.model_dump_json(), n_trials=n,
                                     max_active=ctx.settings.max_active_experiments)
-    except DomainError:
-        if idempotency_key is not None:
-            ctx.store.forget_key(idempotency_key)
-        raise
-    try:
-        submit_attempt(ctx, exp_id)
-    except DependencyUnavailable as e:
-        if idempotency_key is not None:
-            ctx.store.forget_key(idempotency_key)
-        ctx.store.delete_experiment(exp_id)
-        raise DependencyUnavailable(f"{e}; nothing was submitted", retry_after=10) from None
-    if idempotency_key is not None:
-        ctx.store.bind_key(idempotency_key, exp_id)
-    return ctx.store.get(exp_id), True
+    if created:
+        ctx.wake.set()
+    return exp, created
 
 
-def submit_attempt(ctx: Context, exp_id: str) -> None:
-    """MLflow experiment + parent run (so links exist before the job starts), then the Ray job of the current
-    attempt. Safe to repeat: both are found by name / submission id before anything is created."""
+def submit_attempt(ctx: Context, exp_id: str, ray_down: RayUnavailable | None = None) -> None:
+    """Submit the current attempt, one recorded step at a time, so a restart neither loses nor repeats a step:
+    1. the MLflow experiment and parent run (links exist before the job starts; ``mlflow_parent_run_id``),
+    2. the Ray job (``submitted_at``; Ray's submission id makes a repeated submit a no-op).
+    Only the reconciler holding the attempt's claim submits (a lease of ``submit_grace_s``: replicas never submit
+    twice at once). A failure gives the claim back, says why in the status, and raises: the next pass retries.
+    ``ray_down``: Ray already failed in this pass: step 1 only, and that failure is the reason given."""
     exp = ctx.store.get(exp_id)
-    spec = parse_spec(exp.spec_json)
-    mlflow_exp = ctx.mlflow_call(tracking.ensure_experiment, exp_id, spec)
-    parent = ctx.mlflow_call(tracking.ensure_parent_run, exp_id, spec)
-    ctx.ray.submit(spec, exp_id, exp.submission_id)
-    ctx.store.record_submission(exp_id, exp.attempt, mlflow_exp, parent)
+    if exp is None or exp.status != db.PENDING or exp.cancel_requested:
+        return
+    attempt = exp.attempt
+    if not ctx.store.claim_submission(exp_id, attempt, ctx.settings.submit_grace_s):
+        return
+    try:
+        spec = parse_spec(exp.spec_json)  # it comes back from the database: parsed once more, as any stored input
+        if exp.mlflow_parent_run_id is None:
+            mlflow_exp = ctx.mlflow_call(tracking.ensure_experiment, exp_id, spec)
+            parent = ctx.mlflow_call(tracking.ensure_parent_run, exp_id, spec)
+            ctx.store.record_mlflow(exp_id, mlflow_exp, parent)
+        if ray_down is not None:
+            raise ray_down
+        ctx.ray.submit(spec, exp_id, exp.submission_id)
+    except DependencyUnavailable as e:
+        ctx.store.release_submission(exp_id, attempt, f"{e}; retried every {ctx.settings.reconcile_interval_s:g} s")
+        raise
+    except BaseException:
+        ctx.store.release_submission(exp_id, attempt, "the submission failed (see the service log); retried")
+        raise
+    ctx.store.record_submitted(exp_id, attempt)
+    if ctx.store.get(exp_id).cancel_requested:  # cancelled while this was submitting: stop what was just started
+        with contextlib.suppress(JobNotFound, RayUnavailable):
+            ctx.ray.stop(exp.submission_id)
 
 
 # --- cancel -------------------------------------------------------------------------------------------------------
 
-def find(ctx: Context, exp_id: str) -> Experiment:
+def find(ctx: Context, exp_id: str) -> ExperimentRow:
     exp = ctx.store.get(exp_id)
     if exp is None:
         raise NotFound(f"no experiment {exp_id!r}")
     return exp
 
 
-def cancel_experiment(ctx: Context, exp_id: str) -> Experiment:
+def cancel_experiment(ctx: Context, exp_id: str) -> ExperimentRow:
     exp = ctx.store.request_cancel(exp_id)
     if exp is None:
         raise NotFound(f"no experiment {exp_id!r}")
@@ -244,6 +236,12 @@ def cancel_experiment(ctx: Context, exp_id: str) -> Experiment:
     if exp.status in db.TERMINAL:
         raise Conflict(f"experiment {exp_id} already ended: {exp.status}")
     sid, attempt = exp.submission_id, exp.attempt
+    att = exp.current_attempt
+    if att is None or att.submitted_at is None:
+        # Never submitted: nothing runs, so Ray need not be asked (it may be down). A submission under way checks
+        # cancel_requested once Ray has the job, and stops it.
+        ctx.store.transition(exp_id, attempt, status=db.CANCELLED, reason=CANCELLED_BY_REQUEST, finished=True)
+        return ctx.store.get(exp_id)
     try:
         signalled = ctx.ray.stop(sid)
         # Ray only signals a job whose supervisor exists: a job still PENDING is not stopped by stop_job.
@@ -283,34 +281,45 @@ def _refresh_ray_status(ctx: Context, exp_id: str, attempt: int, sid: str) -> No
 # --- reconcile ----------------------------------------------------------------------------------------------------
 
 def reconcile_once(ctx: Context) -> int:
-    """One pass over the active experiments; returns how many changed status. Ray unreachable: stop the pass."""
+    """One pass over the active experiments; returns how many changed status.
+
+    Ray unavailable: no more Ray calls this pass (each would fail the same way), but accepted experiments still get
+    their MLflow step and a reason naming Ray. MLflow unavailable: no more submissions this pass (each would wait
+    out its timeout); following Ray's job states goes on."""
     ids = ctx.store.active_ids()
     changed = 0
+    submit, ray_down = True, None
     for exp_id, number, sid in ctx.store.cancelled_still_stopping():
         _refresh_ray_status(ctx, exp_id, number, sid)  # record how a cancelled job ended (STOPPED)
     for exp_id in ids:
         try:
-            changed += reconcile_experiment(ctx, exp_id)
+            changed += reconcile_experiment(ctx, exp_id, submit=submit, ray_down=ray_down)
         except RayUnavailable as e:
-            log.warning("reconciler: %s", e)
-            break
+            if ray_down is None:  # once a pass, not once per experiment it then holds back
+                log.warning("reconciler: %s", e)
+            ray_down = e
         except MlflowUnavailable as e:
             log.warning("reconciler: %s", e)
+            submit = False
         except Exception:  # noqa: BLE001 - one broken experiment must not stop the others
             log.exception("reconciler: experiment %s", exp_id)
     return changed
 
 
-def reconcile_experiment(ctx: Context, exp_id: str) -> bool:
-    """Ask Ray about the experiment's current attempt, record the answer, and apply ``reconcile.decide``.
-    True when the experiment's status changed. Raises RayUnavailable when Ray cannot be asked."""
+def reconcile_experiment(ctx: Context, exp_id: str, *, submit: bool = True,
+                         ray_down: RayUnavailable | None = None) -> bool:
+    """Ask Ray about the experiment's current attempt, record the answer, and apply ``reconcile.decide`` (a
+    submission only when ``submit``). True when the experiment's status changed. Raises RayUnavailable when Ray
+    cannot be asked. ``ray_down``: Ray failed earlier in this pass; it is not asked again (a submission does its
+    MLflow step only)."""
     exp = ctx.store.get(exp_id)
     if exp is None or exp.status not in db.ACTIVE:
         return False
     att = exp.current_attempt
     submitted = att is not None and att.submitted_at is not None
-    seen = Seen(exp_id, exp.status, exp.attempt, exp.cancel_requested, submitted,
-                (utcnow() - (att.created_at if att else exp.created_at)).total_seconds())
+    if submitted and ray_down is not None:
+        return False
+    seen = Seen(exp_id, exp.status, exp.attempt, exp.cancel_requested, submitted)
     ray: JobState | Ray = Ray.NOT_ASKED
     unreachable = None
     if submitted:
@@ -323,12 +332,13 @@ def reconcile_experiment(ctx: Context, exp_id: str) -> bool:
     if isinstance(ray, JobState):
         ctx.store.record_ray_state(exp_id, exp.attempt, ray.status, clean_message(ray.message, 4000) or "",
                                    ended=ray.terminal)
-    d = decide(seen, ray, Limits(ctx.settings.submit_grace_s, ctx.settings.max_attempts))
+    d = decide(seen, ray, Limits(ctx.settings.max_attempts))
     match d.action:
         case Action.NOTHING:
             return False
         case Action.SUBMIT:
-            submit_attempt(ctx, exp_id)
+            if submit:
+                submit_attempt(ctx, exp_id, ray_down=ray_down)
             return False
         case Action.STOP_JOB:
             ctx.ray.stop(exp.submission_id)
@@ -354,7 +364,17 @@ def _iso(t: dt.datetime | None) -> str | None:
     return t.isoformat() if t else None
 
 
-def describe(ctx: Context, exp: Experiment, *, trials: bool = False) -> dict:
+@functools.lru_cache(maxsize=1024)
+def gpu_hours(spec_json: str) -> dict | None:
+    """``jobs.estimate.summary`` of a stored spec (cached by its text: a listing asks for it per experiment), or
+    None where no estimate can be made (a dataset of unknown size, a model without a stored summary)."""
+    try:
+        return estimate.summary(parse_spec(spec_json))
+    except (ValueError, RuntimeError, KeyError):
+        return None
+
+
+def describe(ctx: Context, exp: ExperimentRow, *, trials: bool = False) -> dict:
     ui = ctx.settings.mlflow_ui
     att = exp.current_attempt
     out = {
@@ -365,6 +385,7 @@ def describe(ctx: Context, exp: Experiment, *, trials: bool = False) -> dict:
         "finished_at": _iso(exp.finished_at),
         "mlflow_experiment_id": exp.mlflow_experiment_id,
         "mlflow_url": experiment_link(ui, exp.mlflow_experiment_id),
+        "gpu_hours": gpu_hours(exp.spec_json),
         "links": {"self": f"/experiments/{exp.id}", "results": f"/experiments/{exp.id}/results",
                   "logs": f"/experiments/{exp.id}/logs"},
     }

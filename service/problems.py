@@ -26,7 +26,7 @@ def status_of(exc: DomainError) -> int:
     return next(STATUS[k] for k in type(exc).__mro__ if k in STATUS)
 
 
-class Problem(Exception):
+class ProblemError(Exception):
     """Raise in HTTP-layer code (routes, dependencies): becomes a problem-details answer as it is."""
 
     def __init__(self, status: int, detail: str, *, title: str | None = None, errors: list[dict] | None = None,
@@ -53,8 +53,8 @@ def _loc(loc: tuple) -> str:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem):
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError):
         return problem_response(request, exc.status, exc.title, exc.detail, errors=exc.errors, headers=exc.headers,
                                 **exc.extra)
 

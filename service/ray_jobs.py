@@ -4,10 +4,18 @@ Ray 2.60 clusters run with token authentication; the service sends the cluster's
 every request (``JobSubmissionClient(headers=...)``), so it works whatever ``RAY_AUTH_MODE`` says in this process.
 Everything here blocks (HTTP through ``requests``): call it from sync endpoints or a worker thread, never from
 ``async def``.
+
+A Ray head that accepts connections and never answers must not take the API with it (Ray's client has no timeout):
+every call runs in a bounded pool (``service.calls.CallGate``, ``SIBNN_RAY_MAX_CALLS`` slots; a call finding them
+all taken is refused at once), is waited for at most ``SIBNN_RAY_TIMEOUT_S``, and each HTTP request under it has
+that timeout too, so a hung call gives its slot back. The client is made outside any lock: no request waits on
+another's connection attempt. Each failure is a RayUnavailable naming the address (503).
 """
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import functools
 import os
 import re
 import shlex
@@ -16,8 +24,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
+import requests
 
 from jobs.spec import ExperimentSpec
+from service.calls import CallGate
 from service.errors import DependencyUnavailable
 from service.settings import Settings
 
@@ -78,12 +88,34 @@ def runtime_env(settings: Settings, experiment_id: str) -> dict:
     }}
 
 
+@functools.cache
+def _client_class():
+    """Ray's ``JobSubmissionClient`` with a timeout on each of its HTTP requests (it sets none: a head that never
+    answers would hold the calling thread for good). Built on first use: importing Ray costs seconds, and only the
+    routes that talk to Ray need it. ``_do_request`` is where Ray 2.60's client sends every request;
+    tests/service/test_review_faults.py fails if a Ray upgrade stops it timing out."""
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def __init__(self, address: str, *, timeout: float, **kwargs):
+            self._request_timeout = timeout  # set first: the constructor already asks Ray for its version
+            super().__init__(address, **kwargs)
+
+        def _do_request(self, method, endpoint, **kwargs):
+            kwargs.setdefault("timeout", self._request_timeout)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
 class RayJobs:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.address = settings.ray_address.rstrip("/")
+        self.timeout = settings.ray_timeout_s
+        self.gate = CallGate(settings.ray_max_calls, "ray")
         self._client = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards only the swap of ``_client``: never held while Ray is asked
 
     @property
     def headers(self) -> dict:
@@ -91,18 +123,29 @@ class RayJobs:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _get(self):
+        """The client, made on first use (its constructor asks Ray for its version). Two threads may both make one
+        while none exists; one is kept. Runs inside a gated call (``_call``)."""
         with self._lock:
-            if self._client is None:
-                from ray.job_submission import JobSubmissionClient
-
-                try:
-                    self._client = JobSubmissionClient(self.address, headers=self.headers)
-                except Exception as e:  # noqa: BLE001 - connection refused, auth, version: one message
-                    raise RayUnavailable(self._explain(e)) from None
+            client = self._client
+        if client is not None:
+            return client
+        make = _client_class()  # outside the try: a Ray install without its job client is a bug, not a Ray down
+        try:
+            client = make(self.address, headers=self.headers, timeout=self.timeout)
+        except Exception as e:  # noqa: BLE001 - connection refused, auth, version, timeout: one message
+            raise RayUnavailable(self._explain(e)) from None
+        with self._lock:
+            self._client = self._client or client
             return self._client
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._client = None  # reconnect next time (the head may have restarted)
 
     def _explain(self, e: Exception) -> str:
         text = str(e)
+        if isinstance(e, (requests.exceptions.Timeout, httpx.TimeoutException)) or "timed out" in text.lower():
+            return self._no_answer()
         if "401" in text or "Authentication required" in text:
             return f"Ray at {self.address} requires a token: set SIBNN_RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN)"
         if "403" in text or "Authentication failed" in text:
@@ -110,7 +153,25 @@ class RayJobs:
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         return f"Ray at {self.address} is unreachable: {first[:300]}"
 
+    def _no_answer(self) -> str:
+        return f"Ray at {self.address} did not answer within {self.timeout:g} s (timeout; SIBNN_RAY_TIMEOUT_S)"
+
+    def _gated(self, fn):
+        """``fn()`` in the Ray pool, waited for at most ``timeout``: refused at once when every slot is taken."""
+        future = self.gate.submit(fn)
+        if future is None:
+            raise RayUnavailable(f"Ray at {self.address} is not answering: {self.settings.ray_max_calls} calls "
+                                 f"already waiting for it (SIBNN_RAY_MAX_CALLS)")
+        try:
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            self._forget()
+            raise RayUnavailable(self._no_answer()) from None
+
     def _call(self, fn, *args, **kwargs):
+        return self._gated(lambda: self._ask(fn, *args, **kwargs))
+
+    def _ask(self, fn, *args, **kwargs):
         client = self._get()
         try:
             return fn(client, *args, **kwargs)
@@ -122,8 +183,7 @@ class RayJobs:
                 raise JobNotFound(text.splitlines()[0] if text else "not found") from None
             if "already exists" in text:
                 raise JobAlreadyExists(text.strip().splitlines()[-1]) from None
-            with self._lock:
-                self._client = None  # reconnect next time (the head may have restarted)
+            self._forget()
             raise RayUnavailable(self._explain(e)) from None
 
     def submit(self, spec: ExperimentSpec, experiment_id: str, submission_id: str) -> None:
@@ -154,7 +214,7 @@ class RayJobs:
         raises RayUnavailable."""
         import anyio
 
-        client = await anyio.to_thread.run_sync(self._get)
+        client = await anyio.to_thread.run_sync(self._call, lambda c: c)  # connecting is gated and bounded too
         try:
             async for chunk in client.tail_job_logs(submission_id):
                 if skip >= len(chunk):
@@ -165,15 +225,19 @@ class RayJobs:
         except Exception as e:  # noqa: BLE001 - RuntimeError (job gone, socket closed), aiohttp errors
             if "does not exist" in str(e):
                 raise JobNotFound(str(e).splitlines()[0]) from None
-            with self._lock:
-                self._client = None
+            self._forget()
             raise RayUnavailable(self._explain(e)) from None
 
     def ping(self) -> str:
-        """The cluster's Ray version; raises RayUnavailable naming the address and what is wrong."""
+        """The cluster's Ray version; raises RayUnavailable naming the address and what is wrong. Gated like every
+        Ray call: readiness probes of a hung Ray hold at most ``SIBNN_RAY_MAX_CALLS`` threads."""
+        return self._gated(self._version)
+
+    def _version(self) -> str:
         try:
-            r = httpx.get(f"{self.address}/api/version", headers=self.headers,
-                          timeout=self.settings.request_timeout_s)
+            r = httpx.get(f"{self.address}/api/version", headers=self.headers, timeout=self.timeout)
+        except httpx.TimeoutException:
+            raise RayUnavailable(self._no_answer()) from None
         except httpx.HTTPError as e:
             raise RayUnavailable(f"Ray at {self.address} is unreachable: {e}") from None
         if r.status_code == 401:

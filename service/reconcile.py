@@ -30,7 +30,7 @@ class Ray(enum.Enum):
 
 class Action(enum.Enum):
     NOTHING = "nothing"
-    SUBMIT = "submit"  # submit the current attempt (again: Ray's submission id makes a duplicate harmless)
+    SUBMIT = "submit"  # submit the current attempt, step by step (a repeat is harmless: Ray's submission id)
     STOP_JOB = "stop job"  # cancel requested, job still running: ask Ray to stop it (again)
     SET_STATUS = "set status"  # conditional UPDATE of the experiment to ``status``
     NEXT_ATTEMPT = "next attempt"  # the old attempt is LOST; a new one is created PENDING and submitted
@@ -39,19 +39,17 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Seen:
-    """The experiment as the database has it, and how long its current attempt has waited to be submitted."""
+    """The experiment as the database has it."""
 
     experiment_id: str
     status: str  # PENDING | RUNNING (the reconciler looks at active experiments only)
     attempt: int
     cancel_requested: bool
-    submitted: bool  # the attempt's submitted_at is set
-    waited_s: float  # seconds since the attempt's row was created
+    submitted: bool  # the attempt's submitted_at is set (Ray accepted its job)
 
 
 @dataclass(frozen=True)
 class Limits:
-    submit_grace_s: float
     max_attempts: int
 
 
@@ -83,9 +81,7 @@ def decide(seen: Seen, ray: JobState | Ray, limits: Limits) -> Decision:
     if seen.status not in ACTIVE:
         return NOTHING
     if ray is Ray.NOT_ASKED or not seen.submitted:
-        # Created but never confirmed submitted (the API died in between): after a grace period, submit now.
-        if seen.waited_s < limits.submit_grace_s:
-            return NOTHING
+        # Accepted (or resubmitted as a new attempt) but not yet in Ray: the API never submits, the reconciler does.
         return _set(CANCELLED, CANCELLED_BY_REQUEST) if seen.cancel_requested else Decision(Action.SUBMIT)
     if ray is Ray.UNREACHABLE:
         return Decision(Action.HALT)

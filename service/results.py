@@ -9,15 +9,10 @@ from mlflow.tracking import MlflowClient
 
 from jobs import results, tracking
 from jobs.spec import ExperimentSpec
+from service.schemas import ui_link
 
 # MLflow 3's UI (a hash router) shows its GenAI view unless the route carries the training workflow type; it reads
 # ``workflowType`` from the query after the route (``#/experiments/1?workflowType=machine_learning``).
-ML_WORKFLOW = "?workflowType=machine_learning"
-
-
-def ui_link(ui: str, route: str = "/experiments") -> str:
-    """A link into the MLflow UI that opens the training (runs and metrics) view."""
-    return f"{ui.rstrip('/')}/#{route}{ML_WORKFLOW}"
 
 
 def run_link(ui: str, mlflow_experiment_id: str | None, run_id: str | None) -> str | None:
@@ -45,7 +40,8 @@ def trial_status(c: MlflowClient, experiment_id: str, spec: ExperimentSpec, ui: 
     out = []
     for t in spec.trials():
         run = runs.get(t.trial_id)
-        row = {"trial_id": t.trial_id, **t.params(), "state": "PENDING", "epoch": 0, "epochs": spec.recipe.epochs,
+        row = {"trial_id": t.trial_id, **t.params(), "state": "PENDING", "epoch": 0,
+               "epochs": (t.recipe or spec.recipe).epochs,  # a teacher or a stage has its own recipe
                "metrics": {}, "mlflow_run_id": None, "mlflow_url": None}
         if run is not None:
             m = run.data.metrics

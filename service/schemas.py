@@ -1,4 +1,4 @@
-"""The API's answers as pydantic models: the routes declare them (``response_model=``) and ``service.client``
+"""The API's answers as pydantic models: the routes declare them (``response_model=``) and ``console.client``
 parses with them, so the OpenAPI page, the server and the client agree on one shape.
 
 Each model matches what the routes return (``service.experiments.describe``, ``service.results``,
@@ -12,6 +12,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The MLflow UI's training view (runs and metrics); the API's links and the CLI's both open it.
+ML_WORKFLOW = "?workflowType=machine_learning"
+
+
+def ui_link(ui: str, route: str = "/experiments") -> str:
+    """A link into the MLflow UI that opens the training (runs and metrics) view."""
+    return f"{ui.rstrip('/')}/#{route}{ML_WORKFLOW}"
+
 
 PROBLEM_JSON = "application/problem+json"
 ExperimentStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
@@ -84,6 +93,15 @@ class ExperimentLinks(_Model):
     logs: str
 
 
+class GpuHours(_Model):
+    """GPU-hours the trials are estimated to take (``jobs.estimate``): an order of magnitude from one measured
+    anchor, not a promise."""
+    per_trial_max: float = Field(description="the costliest trial's GPU-hours")
+    total: float
+    trials: dict[str, float] = Field(description="trial id → GPU-hours")
+    assumes: str = Field(description="the device and the scaling the estimate assumes")
+
+
 class Experiment(_Model):
     """One experiment as listed, created or cancelled."""
     id: str
@@ -100,6 +118,7 @@ class Experiment(_Model):
     finished_at: str | None = Field(description="ISO 8601")
     mlflow_experiment_id: str | None
     mlflow_url: str | None = Field(description="the MLflow UI's training view of this experiment")
+    gpu_hours: GpuHours | None = Field(None, description="estimated GPU time; null where it cannot be estimated")
     links: ExperimentLinks
 
 
@@ -112,7 +131,7 @@ class Attempt(_Model):
     ended_at: str | None
 
 
-class Trial(_Open):
+class TrialStatus(_Open):
     """A trial of the grid: PENDING until its MLflow run exists; ``metrics`` are the latest values."""
     trial_id: str
     arch: str
@@ -131,7 +150,7 @@ class ExperimentDetail(Experiment):
     """``GET /experiments/{id}``: the experiment with its spec, attempts and trials."""
     spec: dict[str, Any] = Field(description="the ExperimentSpec as submitted (the POST body's schema)")
     attempts: list[Attempt]
-    trials: list[Trial] | None = Field(description="null when MLflow is unreachable (``trials_error`` says why)")
+    trials: list[TrialStatus] | None = Field(description="null when MLflow is unreachable (``trials_error`` says why)")
     trials_error: str | None
 
 
@@ -169,6 +188,8 @@ class ResultRow(_Open):
     checkpoint_uri: str | None = Field(None, description="MLflow artifact URI of the best checkpoint")
     packed_uri: str | None = Field(None, description="MLflow artifact URI of the bit-packed model")
     model_uri: str | None = Field(None, description="MLflow model URI (best trial per arch and binarizer)")
+    evaluation: str | None = Field(None, description="the crop top-1/top-5 were measured on, e.g. 'short side 256, "
+                                                     "centre 224×224 crop'")
     mlflow_url: str | None
 
 
@@ -199,6 +220,7 @@ class _TableRow(_Open):
     sparsity: Stats
     epochs: int
     experiments: list[str]
+    evaluation: str | None = Field(None, description="the crop top-1/top-5 were measured on")
 
 
 class RhoAblationRow(_TableRow):

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from jobs.presets import PRESETS
 from jobs.spec import ExperimentSpec
 from service import db
-from service.deps import WRITE, CtxDep
+from service.deps import READ_AUTH, WRITE, CtxDep
 from service.errors import NotFound
 from service.experiments import Context, cancel_experiment, create_experiment, describe, find
 from service.ray_jobs import JobNotFound, RayUnavailable
@@ -31,10 +31,11 @@ def create(spec: Annotated[ExperimentSpec, Body(openapi_examples={
            response: Response, ctx: CtxDep,
            idempotency_key: Annotated[str | None,
                                       Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None):
-    """Validate the spec, register it in MLflow and submit it to Ray; 202 with ``Location``.
+    """Validate the spec and store it PENDING; 202 with ``Location``. Only the database is used: the reconciler
+    then creates the MLflow parent run and submits the Ray job (retrying while either is down; ``reason`` says why).
 
-    ``Idempotency-Key``: the same key with the same body returns the same experiment; with a different body 422;
-    while the first request with that key is still in flight 409."""
+    ``Idempotency-Key``: the same key with the same body returns the same experiment (``Idempotent-Replayed``),
+    also when the requests arrive together; with a different body 422."""
     exp, created = create_experiment(ctx, spec, idempotency_key)
     response.headers["Location"] = f"/experiments/{exp.id}"
     if not created:
@@ -42,7 +43,8 @@ def create(spec: Annotated[ExperimentSpec, Body(openapi_examples={
     return describe(ctx, exp)
 
 
-@router.get("", response_model=ExperimentPage, response_model_exclude_unset=True, responses=READ)
+@router.get("", dependencies=[READ_AUTH], response_model=ExperimentPage, response_model_exclude_unset=True,
+            responses=READ)
 def list_experiments(ctx: CtxDep, status: ExperimentStatus | None = None,
                      limit: Annotated[int, Query(ge=1, le=500)] = 50,
                      offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0):
@@ -54,8 +56,8 @@ def list_experiments(ctx: CtxDep, status: ExperimentStatus | None = None,
     return out
 
 
-@router.get("/{experiment_id}", response_model=ExperimentDetail, response_model_exclude_unset=True,
-            responses={**READ, **problems(404)})
+@router.get("/{experiment_id}", dependencies=[READ_AUTH], response_model=ExperimentDetail,
+            response_model_exclude_unset=True, responses={**READ, **problems(404)})
 def get(experiment_id: ExperimentId, ctx: CtxDep):
     """Status (with the reason), attempts, and per trial: state, epoch, latest metrics, MLflow links."""
     return describe(ctx, find(ctx, experiment_id), trials=True)
@@ -90,7 +92,7 @@ def _tail(text: str, n: int) -> str:
     return "".join(lines[-n:]) if n else text
 
 
-@router.get("/{experiment_id}/logs", response_class=PlainTextResponse,
+@router.get("/{experiment_id}/logs", dependencies=[READ_AUTH], response_class=PlainTextResponse,
             responses={200: {"description": "the log as text; with ``follow=true`` streamed until the job ends",
                              "content": {"text/plain": {"schema": {"type": "string"}}}},
                        **READ, **problems(404, 503)})
@@ -119,8 +121,8 @@ def logs(experiment_id: ExperimentId, ctx: CtxDep,
     return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 
 
-@router.get("/{experiment_id}/results", response_model=Results, response_model_exclude_unset=True,
-            responses={**READ, **problems(404, 503)})
+@router.get("/{experiment_id}/results", dependencies=[READ_AUTH], response_model=Results,
+            response_model_exclude_unset=True, responses={**READ, **problems(404, 503)})
 def results(experiment_id: ExperimentId, ctx: CtxDep):
     """One row per trial: arch, binarizer, ρ, seed, final and best top-1/top-5, sparsity, epochs, wall time,
     images/s, MLflow link, and for Si-BNN trials the bit-packed CPU model's file size and batch-1 latency."""

@@ -6,10 +6,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 
 from service import catalog
-from service.problems import Problem
+from service.deps import READ_AUTH
+from service.problems import ProblemError
 from service.schemas import ModelDetail, ModelList, problems
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[READ_AUTH])
 Binarizer = Literal[catalog.BINARIZER_NAMES]
 
 
@@ -29,5 +30,5 @@ def get_model(name: Annotated[str, Path(max_length=64)], binarizer: Binarizer = 
     try:
         info = catalog.info(name)
     except ValueError as e:
-        raise Problem(404, str(e)) from None
+        raise ProblemError(404, str(e)) from None
     return {**info, "binarizer": binarizer, "summary": catalog.summary(name, binarizer)}

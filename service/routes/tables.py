@@ -5,11 +5,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.deps import CtxDep
+from service.deps import READ_AUTH, CtxDep
 from service.results import paper_comparison, rho_ablation
 from service.schemas import PaperComparisonTable, RhoAblationTable, problems
 
-router = APIRouter(prefix="/tables", tags=["tables"])
+router = APIRouter(prefix="/tables", tags=["tables"], dependencies=[READ_AUTH])
 Filter = Annotated[list[str] | None, Query(description="only these experiments (repeatable); default: all",
                                            max_length=100)]
 

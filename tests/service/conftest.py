@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from console import stack
 from jobs.presets import preset
-from service import stack
 from service.settings import Settings
+from tests.postgres import start_postgres
 
 API_TOKEN = "test-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -47,7 +48,7 @@ def dead_address() -> str:
 @pytest.fixture(scope="session")
 def postgres():
     try:
-        pg = stack.start_postgres()
+        pg = start_postgres()
     except FileNotFoundError as e:
         if os.environ.get("CI"):  # `make test` installs postgresql-15: in CI a missing server is a failure
             raise
@@ -116,14 +117,28 @@ def offline_settings(tmp_path, db_url) -> Settings:
                     request_timeout_s=2)
 
 
+# create_app sets these for the whole process (MLflow's client reads them on every request): one try, a short
+# timeout. An in-process app must not leave them behind: a later in-process sweep's Ray workers would inherit
+# them and fail a trial on the first slow MLflow answer of a loaded machine.
+APP_PROCESS_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
 @contextlib.contextmanager
 def api_client(settings: Settings, reconcile: bool = True):
     from fastapi.testclient import TestClient
 
     from service.app import create_app
 
-    with TestClient(create_app(settings, reconcile=reconcile)) as c:
-        yield c
+    before = {k: os.environ.get(k) for k in APP_PROCESS_ENV}
+    try:
+        with TestClient(create_app(settings, reconcile=reconcile)) as c:
+            yield c
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from jobs import tracking
-    from service import stack
+    from console import stack
     from service.results import experiment_link
 
     p = argparse.ArgumentParser(description="screenshot an experiment of a sibnn state folder in the MLflow UI")

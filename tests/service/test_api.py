@@ -6,8 +6,8 @@ import pytest
 
 from jobs.presets import PRESETS
 from service import db
-from service.db import Experiment, IdempotencyKey
-from tests.service.conftest import AUTH, small_digits
+from service.db import ExperimentRow, IdempotencyKeyRow
+from tests.service.conftest import AUTH, api_client, small_digits
 
 PROBLEM = "application/problem+json"
 
@@ -90,14 +90,24 @@ def test_an_unknown_experiment_is_404_problem(offline_api):
     assert "doesnotexist" in r.json()["detail"]
 
 
-def test_post_when_mlflow_is_down_is_503_naming_it_and_stores_nothing(offline_api, offline_settings):
-    r = offline_api.post("/experiments", json=small_digits(), headers={**AUTH, "Idempotency-Key": "k-down"})
-    assert r.status_code == 503
-    assert offline_settings.mlflow_tracking_uri in r.json()["detail"]
-    assert offline_api.get("/experiments").json()["total"] == 0
-    # the key was released: a retry is not told "in progress"
-    r2 = offline_api.post("/experiments", json=small_digits(), headers={**AUTH, "Idempotency-Key": "k-down"})
-    assert r2.status_code == 503
+def test_a_post_needs_only_the_database_and_says_why_it_is_not_submitted_yet(offline_settings):
+    """MLflow and Ray both unreachable: the POST is accepted (202, PENDING) and a replay of its key returns the same
+    experiment; the reconciler's failed submission is a readable reason naming MLflow, and nothing is lost."""
+    from service.experiments import reconcile_once
+
+    with api_client(offline_settings, reconcile=False) as c:
+        r = c.post("/experiments", json=small_digits(), headers={**AUTH, "Idempotency-Key": "k-down"})
+        assert r.status_code == 202 and r.json()["status"] == "PENDING", r.text
+        again = c.post("/experiments", json=small_digits(), headers={**AUTH, "Idempotency-Key": "k-down"})
+        assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == r.json()["id"]
+        ctx = c.app.state.ctx
+        assert ctx.wake.is_set()  # the reconciler is woken, not left to its interval
+        reconcile_once(ctx)
+        exp = c.get(f"/experiments/{r.json()['id']}").json()
+        assert exp["status"] == "PENDING" and exp["attempts"][0]["submitted_at"] is None
+        assert exp["reason"].startswith("not submitted yet: ") and offline_settings.mlflow_tracking_uri in exp["reason"]
+        assert c.get("/experiments").json()["total"] == 1
 
 
 def _sessions(client):
@@ -108,22 +118,24 @@ def test_an_idempotency_key_reused_with_a_different_body_is_422(offline_api):
     from jobs.spec import parse_spec
 
     with _sessions(offline_api)() as s:
-        s.add(IdempotencyKey(key="k1", fingerprint=parse_spec(small_digits("first")).fingerprint()))
+        s.add(IdempotencyKeyRow(key="k1", fingerprint=parse_spec(small_digits("first")).fingerprint()))
         s.commit()
     r = offline_api.post("/experiments", json=small_digits("second"), headers={**AUTH, "Idempotency-Key": "k1"})
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "Idempotency-Key"
 
 
-def test_a_duplicate_while_the_first_request_is_in_flight_is_409(offline_api):
+def test_a_key_an_older_version_left_without_an_experiment_is_taken_over(offline_api):
+    """Before accept-then-submit a key row could exist without its experiment (the request died submitting);
+    such a row is not an experiment: the same key and body now create one."""
     from jobs.spec import parse_spec
 
-    with _sessions(offline_api)() as s:  # the first request took the key and is still submitting
-        s.add(IdempotencyKey(key="k2", fingerprint=parse_spec(small_digits()).fingerprint()))
+    with _sessions(offline_api)() as s:
+        s.add(IdempotencyKeyRow(key="k2", fingerprint=parse_spec(small_digits()).fingerprint()))
         s.commit()
     r = offline_api.post("/experiments", json=small_digits(), headers={**AUTH, "Idempotency-Key": "k2"})
-    assert r.status_code == 409
-    assert r.headers["content-type"] == PROBLEM
+    assert r.status_code == 202 and "idempotent-replayed" not in r.headers
+    assert offline_api.get("/experiments").json()["total"] == 1
 
 
 def test_the_same_key_and_body_replay_the_experiment_it_created(offline_api):
@@ -131,11 +143,11 @@ def test_the_same_key_and_body_replay_the_experiment_it_created(offline_api):
 
     spec = small_digits()
     with _sessions(offline_api)() as s:
-        s.add(Experiment(id="e-replay", name="x", spec_json=parse_spec(spec).model_dump_json(),
-                         spec_fingerprint=parse_spec(spec).fingerprint(), n_trials=2, status=db.RUNNING, attempt=1,
-                         cancel_requested=False))
-        s.add(db.Attempt(experiment_id="e-replay", number=1, submission_id="e-replay-1"))
-        s.add(IdempotencyKey(key="k3", fingerprint=parse_spec(spec).fingerprint(), experiment_id="e-replay"))
+        s.add(ExperimentRow(id="e-replay", name="x", spec_json=parse_spec(spec).model_dump_json(),
+                            spec_fingerprint=parse_spec(spec).fingerprint(), n_trials=2, status=db.RUNNING, attempt=1,
+                            cancel_requested=False))
+        s.add(db.AttemptRow(experiment_id="e-replay", number=1, submission_id="e-replay-1"))
+        s.add(IdempotencyKeyRow(key="k3", fingerprint=parse_spec(spec).fingerprint(), experiment_id="e-replay"))
         s.commit()
     r = offline_api.post("/experiments", json=spec, headers={**AUTH, "Idempotency-Key": "k3"})
     assert r.status_code == 202
@@ -147,8 +159,8 @@ def test_the_same_key_and_body_replay_the_experiment_it_created(offline_api):
 def _insert(client, n, status=db.SUCCEEDED):
     with _sessions(client)() as s:
         for i in range(n):
-            s.add(Experiment(id=f"e{i:02d}", name=f"n{i}", spec_json="{}", spec_fingerprint="f" * 64, n_trials=1,
-                             status=status if i % 2 == 0 else db.FAILED, attempt=1, cancel_requested=False))
+            s.add(ExperimentRow(id=f"e{i:02d}", name=f"n{i}", spec_json="{}", spec_fingerprint="f" * 64, n_trials=1,
+                                status=status if i % 2 == 0 else db.FAILED, attempt=1, cancel_requested=False))
         s.commit()
 
 
@@ -195,3 +207,42 @@ def test_the_openapi_page_documents_the_spec_and_the_bearer_scheme(offline_api):
     assert "ExperimentSpec" in doc["components"]["schemas"]
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "202" in doc["paths"]["/experiments"]["post"]["responses"]
+
+
+def test_an_accepted_experiment_is_cancelled_without_asking_ray(offline_api):
+    """Never submitted, nothing runs: the cancel needs no Ray (which is down here) and is final at once."""
+    exp = offline_api.post("/experiments", json=small_digits(), headers=AUTH).json()
+    r = offline_api.delete(f"/experiments/{exp['id']}", headers=AUTH)
+    assert r.status_code == 202 and r.json()["status"] == "CANCELLED", r.text
+    assert r.json()["reason"] == "cancelled by request"
+
+
+def test_one_reconciler_at_a_time_holds_an_attempt_s_submission(offline_api):
+    """Two API replicas' reconcilers never submit one attempt at once: the claim is a conditional UPDATE with a
+    lease; given back on failure, taken over when the lease has run out, never once Ray has the job."""
+    store = offline_api.app.state.ctx.store
+    exp_id = offline_api.post("/experiments", json=small_digits(), headers=AUTH).json()["id"]
+    assert store.claim_submission(exp_id, 1, lease_s=60)
+    assert not store.claim_submission(exp_id, 1, lease_s=60)  # the other replica
+    assert store.claim_submission(exp_id, 1, lease_s=0)  # the holder died: its lease is over
+    store.release_submission(exp_id, 1, "Ray at x is unreachable")
+    assert store.get(exp_id).reason == "not submitted yet: Ray at x is unreachable"
+    assert store.claim_submission(exp_id, 1, lease_s=60)
+    store.record_submitted(exp_id, 1)
+    assert store.get(exp_id).reason is None
+    assert not store.claim_submission(exp_id, 1, lease_s=0)
+
+
+def test_an_in_process_app_leaves_the_process_environment_as_it_found_it(offline_settings, monkeypatch):
+    """create_app sets MLflow's retry and timeout variables for its process; the tests' in-process apps put them
+    back, or a later in-process sweep's Ray workers would inherit one try per MLflow request (a fresh clone's make
+    test lost a scheduling trial to that under load)."""
+    import os
+
+    from tests.service.conftest import APP_PROCESS_ENV
+
+    for k in APP_PROCESS_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with api_client(offline_settings, reconcile=False):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert not {k for k in APP_PROCESS_ENV if k in os.environ}

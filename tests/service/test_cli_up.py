@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.stack import StackInfo, free_port
+from console.stack import StackInfo, free_port
 
 pytestmark = pytest.mark.slow
 

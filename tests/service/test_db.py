@@ -6,13 +6,13 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from service import db
-from service.db import Attempt, Experiment, IdempotencyKey
+from service.db import AttemptRow, ExperimentRow, IdempotencyKeyRow
 
 
 def _experiment(exp_id="e1", **kw):
-    exp = Experiment(id=exp_id, name="n", spec_json="{}", spec_fingerprint="f" * 64, n_trials=1, status=db.PENDING,
-                     attempt=1, cancel_requested=False, **kw)
-    exp.attempts.append(Attempt(number=1, submission_id=db.submission_id(exp_id, 1)))
+    exp = ExperimentRow(id=exp_id, name="n", spec_json="{}", spec_fingerprint="f" * 64, n_trials=1, status=db.PENDING,
+                        attempt=1, cancel_requested=False, **kw)
+    exp.attempts.append(AttemptRow(number=1, submission_id=db.submission_id(exp_id, 1)))
     return exp
 
 
@@ -41,7 +41,7 @@ def test_an_experiment_round_trips_with_its_attempts_and_aware_timestamps(sessio
         s.add(_experiment())
         s.commit()
     with sessions() as s:
-        exp = s.get(Experiment, "e1")
+        exp = s.get(ExperimentRow, "e1")
         assert exp.submission_id == "e1-1" and exp.current_attempt.submission_id == "e1-1"
         assert exp.created_at.tzinfo is not None
         assert abs((dt.datetime.now(dt.timezone.utc) - exp.created_at).total_seconds()) < 60
@@ -51,18 +51,49 @@ def test_a_ray_submission_id_is_unique(sessions):
     with sessions() as s:
         s.add(_experiment())
         s.commit()
-        s.add(Attempt(experiment_id="e1", number=2, submission_id="e1-1"))
+        s.add(AttemptRow(experiment_id="e1", number=2, submission_id="e1-1"))
         with pytest.raises(IntegrityError):
             s.commit()
 
 
 def test_an_idempotency_key_is_taken_once(sessions):
     with sessions() as s:
-        s.add(IdempotencyKey(key="k", fingerprint="a" * 64))
+        s.add(IdempotencyKeyRow(key="k", fingerprint="a" * 64))
         s.commit()
     with sessions() as s:
-        s.add(IdempotencyKey(key="k", fingerprint="b" * 64))
+        s.add(IdempotencyKeyRow(key="k", fingerprint="b" * 64))
         with pytest.raises(IntegrityError):
             s.commit()
     with sessions() as s:
-        assert s.scalars(select(IdempotencyKey.fingerprint)).all() == ["a" * 64]
+        assert s.scalars(select(IdempotencyKeyRow.fingerprint)).all() == ["a" * 64]
+
+
+def test_a_burst_with_one_key_takes_the_creation_lock_once_and_the_rest_replay(sessions, monkeypatch):
+    """Twenty requests with one Idempotency-Key at once (a client's retries): one experiment, and one trip through
+    the database's creation lock; the other nineteen replay it. Without the per-key lock every request of the burst
+    misses the replay lookup and queues on the creation lock."""
+    import concurrent.futures
+    import threading
+
+    from service import store as store_mod
+
+    taken, barrier = [], threading.Barrier(20)
+    real = db.lock_experiment_creation
+
+    def counting(s):
+        taken.append(1)
+        real(s)
+
+    monkeypatch.setattr(store_mod.db, "lock_experiment_creation", counting)
+    st = store_mod.Store(sessions)
+
+    def post(i):
+        barrier.wait()
+        return st.create(f"e{i}", key="k", fingerprint="f" * 64, name="n", spec_json="{}", n_trials=1, max_active=50)
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(post, range(20)))
+    assert {exp.id for exp, _ in results} == {results[0][0].id}
+    assert sum(created for _, created in results) == 1
+    assert len(taken) == 1, f"{len(taken)} trips through the creation lock"
+    assert st.key_locks._held == {}  # nothing kept once the burst is over

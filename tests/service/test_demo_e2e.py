@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from mlflow.tracking import MlflowClient
 
-from service.stack import STATE_FILE, free_port
+from console.stack import STATE_FILE, free_port
 
 pytestmark = pytest.mark.slow
 

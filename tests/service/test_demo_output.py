@@ -7,7 +7,7 @@ import pytest
 
 from jobs import tracking
 from jobs.presets import preset
-from service.cli import trial_events
+from console.cli import trial_events
 from service.results import experiment_link, run_link, ui_link
 
 

@@ -43,7 +43,7 @@ def client(settings):
 
 
 def _one_experiment(ctx: Context, exp_id: str = "e1") -> None:
-    ctx.store.insert_experiment(exp_id, name="n", spec_json="{}", fingerprint="f", n_trials=1, max_active=10)
+    ctx.store.create(exp_id, key=None, fingerprint="f", name="n", spec_json="{}", n_trials=1, max_active=10)
 
 
 # --- Context.mlflow_call ------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from jobs.presets import PRESETS
-from service import db, stack
+from console import stack
+from service import db
 from service.experiments import confine_dataset
 from service.settings import Settings
 from tests.service.conftest import API_TOKEN, AUTH, api_client, dead_address, small_digits, start_live_api
@@ -305,14 +306,14 @@ def test_the_creation_lock_serialises_count_and_insert(db_url):
     def create(i: int) -> None:
         with sessions() as s:
             db.lock_experiment_creation(s)
-            active = s.scalar(select(func.count()).select_from(db.Experiment)
-                              .where(db.Experiment.status.in_(db.ACTIVE)))
+            active = s.scalar(select(func.count()).select_from(db.ExperimentRow)
+                              .where(db.ExperimentRow.status.in_(db.ACTIVE)))
             time.sleep(0.02)
             if active >= 8:
                 outcomes.append(429)
                 return
-            s.add(db.Experiment(id=f"e{i}", name="n", spec_json="{}", spec_fingerprint="f", n_trials=1,
-                                status=db.PENDING, attempt=1, cancel_requested=False))
+            s.add(db.ExperimentRow(id=f"e{i}", name="n", spec_json="{}", spec_fingerprint="f", n_trials=1,
+                                   status=db.PENDING, attempt=1, cancel_requested=False))
             s.commit()
             outcomes.append(202)
 
@@ -323,7 +324,7 @@ def test_the_creation_lock_serialises_count_and_insert(db_url):
         for t in threads:
             t.join(60)
         with sessions() as s:
-            assert s.scalar(select(func.count()).select_from(db.Experiment)) == 8
+            assert s.scalar(select(func.count()).select_from(db.ExperimentRow)) == 8
         assert sorted(outcomes) == [202] * 8 + [429] * 12
     finally:
         engine.dispose()
@@ -348,7 +349,12 @@ def test_concurrent_posts_never_exceed_the_active_limit(servers, tmp_path, db_ur
         assert codes == [202] * 8 + [429] * 12, [(r.status_code, r.text[:200]) for r in answers]
         listed = httpx.get(f"{api.url}/experiments", params={"limit": 100}, timeout=30).json()
         assert sum(e["status"] in ("PENDING", "RUNNING") for e in listed["items"]) == 8
-        # a cancel: CANCELLED at once, and ray_job_status follows Ray to STOPPED (it used to stay RUNNING)
+        # a cancel of a submitted job: CANCELLED at once, and ray_job_status follows Ray to STOPPED (it used to
+        # stay RUNNING). The API only accepts; the reconciler submits: wait until Ray has the job.
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{api.url}/experiments/{created[0]}", timeout=30).json()["ray_job_status"] is None:
+            assert time.monotonic() < deadline, "not submitted to Ray within 60 s"
+            time.sleep(0.5)
         r = httpx.delete(f"{api.url}/experiments/{created[0]}", headers=AUTH, timeout=60)
         assert r.status_code == 202 and r.json()["status"] == "CANCELLED"
         deadline = time.monotonic() + 60
@@ -378,8 +384,8 @@ def test_a_frozen_mlflow_costs_mlflow_reads_only_and_says_timeout(tmp_path):
         engine = db.make_engine(url)
         with db.session_factory(engine)() as s:
             spec = json.dumps(small_digits())
-            s.add(db.Experiment(id="frozen1", name="f", spec_json=spec, spec_fingerprint="x", n_trials=2,
-                                status=db.RUNNING, attempt=1, cancel_requested=False))
+            s.add(db.ExperimentRow(id="frozen1", name="f", spec_json=spec, spec_fingerprint="x", n_trials=2,
+                                   status=db.RUNNING, attempt=1, cancel_requested=False))
             s.commit()
         engine.dispose()
         assert httpx.get(f"{base}/experiments/frozen1/results", timeout=30).status_code == 200

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from console import cli as cli_module
 from jobs import tracking
-from service import cli as cli_module
 from tests.service.conftest import (AUTH, api_client, live_settings, ray_job_status, small_digits,
                                     start_live_api, wait_status)
 
@@ -103,16 +103,37 @@ def test_cancel_stops_the_ray_job_and_the_experiment_ends_cancelled(servers, tmp
 
 
 def test_a_cancel_right_after_submit_still_stops_the_job(servers, tmp_path):
-    # Ray's stop_job does nothing while the job's supervisor does not exist yet: the service keeps asking.
+    """A cancel right after the POST: CANCELLED, and no job is left running (the reconciler may or may not have
+    submitted it yet). A cancel right after Ray got the job: Ray's stop_job does nothing while the job's supervisor
+    does not exist yet, so the service keeps asking until Ray says STOPPED."""
     settings = live_settings(servers, tmp_path)
     with api_client(settings) as api:
         r = api.post("/experiments", json=small_digits("cancel at once", epochs=50), headers=AUTH)
         exp_id, sid = r.json()["id"], r.json()["ray_submission_id"]
+        assert api.delete(f"/experiments/{exp_id}", headers=AUTH).json()["status"] == "CANCELLED"
+        time.sleep(3 * settings.reconcile_interval_s)  # passes that would submit it if the cancel were ignored
+        known = httpx.get(f"{servers.ray.dashboard_url}/api/jobs/{sid}",
+                          headers={"Authorization": f"Bearer {servers.ray.token}"}, timeout=10)
+        if known.status_code == 200:  # the reconciler had submitted it before the cancel: it must be stopped
+            assert _wait_ray_end(servers, sid) == "STOPPED"
+        else:
+            assert known.status_code == 404, known.text
+
+        r = api.post("/experiments", json=small_digits("cancel once in Ray", epochs=50), headers=AUTH)
+        exp_id, sid = r.json()["id"], r.json()["ray_submission_id"]
+        deadline = time.monotonic() + 60
+        while api.get(f"/experiments/{exp_id}").json()["ray_job_status"] is None:  # the reconciler submits it
+            assert time.monotonic() < deadline, "not submitted to Ray within 60 s"
+            time.sleep(0.2)
         assert api.delete(f"/experiments/{exp_id}", headers=AUTH).status_code == 202
-        deadline = time.monotonic() + 120
-        while (status := ray_job_status(servers, sid)) not in ("STOPPED", "FAILED", "SUCCEEDED"):
-            assert time.monotonic() < deadline, status
-            time.sleep(1)
-        assert status == "STOPPED"
+        assert _wait_ray_end(servers, sid) == "STOPPED"
         exp = wait_status(lambda: api.get(f"/experiments/{exp_id}").json(), ("CANCELLED",), timeout=30)
         assert exp["reason"] == "cancelled by request"
+
+
+def _wait_ray_end(servers, sid: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := ray_job_status(servers, sid)) not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    return status

@@ -32,8 +32,8 @@ def test_follow_sends_each_line_once_and_fetches_the_long_log_once(servers, tmp_
     monkeypatch.setattr(RayJobs, "logs", counting_logs)
     with api_client(settings, reconcile=False) as api:
         with api.app.state.ctx.sessions() as s:
-            s.add(db.Experiment(id="logsfollow", name="logs", spec_json="{}", spec_fingerprint="x", n_trials=1,
-                                status=db.RUNNING, attempt=1))
+            s.add(db.ExperimentRow(id="logsfollow", name="logs", spec_json="{}", spec_fingerprint="x", n_trials=1,
+                                   status=db.RUNNING, attempt=1))
             s.commit()
         script = tmp_path / "long_log.py"
         script.write_text(SCRIPT)

@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from service import stack
+from console import stack
 from tests.service.conftest import API_TOKEN, dead_address
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def _tables(conninfo: str) -> set[str]:
 
 
 def _migrate(url: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "migrate", "--database-url", url],
+    return subprocess.Popen([sys.executable, "-m", "console.cli", "migrate", "--database-url", url],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

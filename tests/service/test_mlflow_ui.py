@@ -8,7 +8,7 @@ import pytest
 
 from jobs import tracking
 from jobs.presets import preset
-from service import stack
+from console import stack
 from service.results import experiment_link
 from sibnn.train import main as train_main
 from tests.service.mlflow_browser import CHROMEDRIVER, CHROMIUM, check_experiment_page

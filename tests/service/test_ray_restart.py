@@ -5,7 +5,7 @@ import time
 import pytest
 
 from jobs import tracking
-from service import stack
+from console import stack
 from tests.service.conftest import AUTH, api_client, live_settings, small_digits, wait_status
 
 pytestmark = pytest.mark.slow

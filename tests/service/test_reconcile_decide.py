@@ -7,11 +7,11 @@ import pytest
 from service.reconcile import CANCELLED_BY_REQUEST, Action, Decision, Limits, Ray, Seen, decide
 from service.ray_jobs import JobState
 
-LIMITS = Limits(submit_grace_s=30, max_attempts=3)
+LIMITS = Limits(max_attempts=3)
 
 
-def seen(status="RUNNING", attempt=1, cancel=False, submitted=True, waited_s=300.0) -> Seen:
-    return Seen("e1", status, attempt, cancel, submitted, waited_s)
+def seen(status="RUNNING", attempt=1, cancel=False, submitted=True) -> Seen:
+    return Seen("e1", status, attempt, cancel, submitted)
 
 
 def job(status, message=None, exit_code=None) -> JobState:
@@ -20,15 +20,12 @@ def job(status, message=None, exit_code=None) -> JobState:
 
 SET = Action.SET_STATUS
 CASES = {
-    # never confirmed submitted: wait out the grace period, then submit (or honour a cancel)
-    "unsubmitted, within grace": (seen("PENDING", submitted=False, waited_s=5), Ray.NOT_ASKED,
-                                  Decision(Action.NOTHING)),
-    "unsubmitted, grace over": (seen("PENDING", submitted=False, waited_s=30), Ray.NOT_ASKED,
-                                Decision(Action.SUBMIT)),
-    "unsubmitted, grace over, cancel": (seen("PENDING", cancel=True, submitted=False, waited_s=31), Ray.NOT_ASKED,
-                                        Decision(SET, "CANCELLED", CANCELLED_BY_REQUEST, finished=True)),
-    "unsubmitted, within grace, cancel": (seen("PENDING", cancel=True, submitted=False, waited_s=1), Ray.NOT_ASKED,
-                                          Decision(Action.NOTHING)),
+    # accepted, not yet in Ray: the reconciler submits it at once (the API never does), or honours a cancel
+    "unsubmitted": (seen("PENDING", submitted=False), Ray.NOT_ASKED, Decision(Action.SUBMIT)),
+    "unsubmitted, next attempt": (seen("PENDING", attempt=2, submitted=False), Ray.NOT_ASKED,
+                                  Decision(Action.SUBMIT)),
+    "unsubmitted, cancel": (seen("PENDING", cancel=True, submitted=False), Ray.NOT_ASKED,
+                            Decision(SET, "CANCELLED", CANCELLED_BY_REQUEST, finished=True)),
     # Ray cannot be asked: the pass stops
     "ray unreachable": (seen(), Ray.UNREACHABLE, Decision(Action.HALT)),
     # Ray forgot the job (cluster restart)
@@ -80,12 +77,11 @@ def test_decide(given, ray, want):
 
 def test_an_unsubmitted_attempt_is_never_asked_about_even_if_a_state_is_passed():
     """``submitted=False`` wins over a state: a job Ray knows under the id is submitted again (a no-op in Ray)."""
-    assert decide(seen("PENDING", submitted=False, waited_s=60), job("RUNNING"), LIMITS) == Decision(Action.SUBMIT)
+    assert decide(seen("PENDING", submitted=False), job("RUNNING"), LIMITS) == Decision(Action.SUBMIT)
 
 
-def test_a_zero_grace_submits_at_once_and_one_attempt_gives_up_at_the_first_loss():
-    strict = Limits(submit_grace_s=0, max_attempts=1)
-    assert decide(seen("PENDING", submitted=False, waited_s=0), Ray.NOT_ASKED, strict).action is Action.SUBMIT
+def test_one_attempt_gives_up_at_the_first_loss():
+    strict = Limits(max_attempts=1)
     assert decide(seen(attempt=1), Ray.LOST, strict).status == "FAILED"
 
 

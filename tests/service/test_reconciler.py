@@ -5,7 +5,7 @@ import pytest
 
 from jobs.spec import parse_spec
 from service import db
-from service.db import Attempt, Experiment
+from service.db import AttemptRow, ExperimentRow
 from service.experiments import Context, cancel_experiment, reconcile_once
 from tests.service.conftest import cancel_and_wait, live_settings, ray_job_status, small_digits
 
@@ -17,12 +17,12 @@ def _running_experiment(ctx: Context, exp_id: str, attempt: int = 1, cancelled: 
     ``cancelled``: one cancelled while its job was last seen running."""
     spec = parse_spec(small_digits("lost", epochs=50))
     with ctx.sessions() as s:
-        s.add(Experiment(id=exp_id, name=spec.name, spec_json=spec.model_dump_json(),
-                         spec_fingerprint=spec.fingerprint(), n_trials=2,
-                         status=db.CANCELLED if cancelled else db.RUNNING, attempt=attempt,
-                         cancel_requested=cancelled))
-        s.add(Attempt(experiment_id=exp_id, number=attempt, submission_id=db.submission_id(exp_id, attempt),
-                      submitted_at=db.utcnow() - dt.timedelta(minutes=5), ray_status="RUNNING" if cancelled else None))
+        s.add(ExperimentRow(id=exp_id, name=spec.name, spec_json=spec.model_dump_json(),
+                            spec_fingerprint=spec.fingerprint(), n_trials=2,
+                            status=db.CANCELLED if cancelled else db.RUNNING, attempt=attempt,
+                            cancel_requested=cancelled))
+        s.add(AttemptRow(experiment_id=exp_id, number=attempt, submission_id=db.submission_id(exp_id, attempt),
+                         submitted_at=db.utcnow() - dt.timedelta(minutes=5), ray_status="RUNNING" if cancelled else None))
         s.commit()
     return spec
 
@@ -32,7 +32,7 @@ def test_a_job_the_cluster_forgot_is_resubmitted_as_the_next_attempt(servers, tm
     _running_experiment(ctx, "lostjob1")
     assert reconcile_once(ctx) == 1
     with ctx.sessions() as s:
-        exp = s.get(Experiment, "lostjob1")
+        exp = s.get(ExperimentRow, "lostjob1")
         assert (exp.attempt, exp.status) == (2, db.PENDING)
         assert "lost attempt 1" in exp.reason
         assert [(a.number, a.ray_status, a.submitted_at is not None) for a in exp.attempts] == [
@@ -47,7 +47,7 @@ def test_after_max_attempts_a_lost_job_fails_with_the_reason(servers, tmp_path):
     _running_experiment(ctx, "lostjob2", attempt=2)
     reconcile_once(ctx)
     with ctx.sessions() as s:
-        exp = s.get(Experiment, "lostjob2")
+        exp = s.get(ExperimentRow, "lostjob2")
         assert exp.status == db.FAILED and "lost the job 2 times" in exp.reason
         assert exp.finished_at is not None
     ctx.engine.dispose()
@@ -70,6 +70,6 @@ def test_a_cancelled_job_that_ended_leaves_no_mlflow_run_running(servers, tmp_pa
     assert [c.get_run(r).info.status for r in (parent, running, done)] == ["KILLED", "KILLED", "FINISHED"]
     assert c.get_run(running).data.tags[tracking.TAG_STATE] == "KILLED"
     with ctx.sessions() as s:
-        assert s.get(Experiment, "killedjob").attempts[0].ray_status == "LOST"  # recorded: not asked again
+        assert s.get(ExperimentRow, "killedjob").attempts[0].ray_status == "LOST"  # recorded: not asked again
     assert tracking.mark_killed(c, "killedjob") == 0
     ctx.engine.dispose()

@@ -14,7 +14,7 @@ from mlflow.entities import Metric
 from jobs import tracking
 from jobs.presets import preset
 from service import schemas
-from service.client import Api, ApiError
+from console.client import Api, ApiError
 from service.results import paper_comparison, results_rows, rho_ablation, trial_status
 from tests.service.conftest import AUTH
 
@@ -50,7 +50,7 @@ def test_every_route_declares_its_answer_and_its_problems(offline_api):
     assert "HTTPValidationError" not in schemas_  # FastAPI's own 422 shape is never what the API sends
     errors = schemas_["Problem"]["properties"]["errors"]["anyOf"][0]
     assert errors["items"] == {"$ref": "#/components/schemas/FieldError"}
-    for name in ("Experiment", "ExperimentDetail", "ExperimentPage", "Trial", "Results", "ResultRow",
+    for name in ("Experiment", "ExperimentDetail", "ExperimentPage", "TrialStatus", "Results", "ResultRow",
                  "RhoAblationTable", "PaperComparisonTable", "ModelList", "ModelDetail", "Readiness"):
         assert name in schemas_, name
 
@@ -75,12 +75,12 @@ def test_every_problem_the_api_sends_parses_as_problem(offline_api, method, path
 
 def test_listed_and_described_experiments_parse_without_losing_a_key(offline_api):
     from service import db
-    from service.db import Experiment
+    from service.db import ExperimentRow
 
     with offline_api.app.state.ctx.sessions() as s:
-        s.add(Experiment(id="e-typed", name="n", spec_json=preset("digits").model_dump_json(),
-                         spec_fingerprint="f" * 64, n_trials=2, status=db.RUNNING, attempt=1, cancel_requested=False))
-        s.add(db.Attempt(experiment_id="e-typed", number=1, submission_id="e-typed-1"))
+        s.add(ExperimentRow(id="e-typed", name="n", spec_json=preset("digits").model_dump_json(),
+                            spec_fingerprint="f" * 64, n_trials=2, status=db.RUNNING, attempt=1, cancel_requested=False))
+        s.add(db.AttemptRow(experiment_id="e-typed", number=1, submission_id="e-typed-1"))
         s.commit()
     page = offline_api.get("/experiments").json()
     assert schemas.ExperimentPage.model_validate(page).model_dump(mode="json", exclude_unset=True) == page
@@ -123,7 +123,7 @@ def test_results_trials_and_tables_from_real_runs_match_their_models_exactly(log
     trials = trial_status(c, exp_id, spec, "http://mlflow.example")
     assert {t["state"] for t in trials} == {"FINISHED"}
     for t in trials:
-        _roundtrip(schemas.Trial, t)
+        _roundtrip(schemas.TrialStatus, t)
     rho = rho_ablation(c, [exp_id])
     assert rho["rows"] and rho["claims"]
     _roundtrip(schemas.RhoAblationTable, rho)
@@ -158,7 +158,7 @@ def test_the_client_rejects_an_answer_that_breaks_the_schema():
 
 
 def test_the_models_and_the_client_import_no_torch_ray_or_mlflow():
-    code = ("import sys, service.schemas, service.client; "
+    code = ("import sys, service.schemas, console.client; "
             "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'sibnn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -197,13 +197,13 @@ def test_generated_requests_get_answers_that_conform_when_ray_and_mlflow_are_dow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_client_parses_the_apis_own_answers(offline_api):
     from service import db
-    from service.db import Experiment
+    from service.db import ExperimentRow
 
     with offline_api.app.state.ctx.sessions() as s:
-        s.add(Experiment(id="e-client", name="n", spec_json=preset("digits").model_dump_json(),
-                         spec_fingerprint="f" * 64, n_trials=2, status=db.FAILED, attempt=1, cancel_requested=False,
-                         reason="boom"))
-        s.add(db.Attempt(experiment_id="e-client", number=1, submission_id="e-client-1"))
+        s.add(ExperimentRow(id="e-client", name="n", spec_json=preset("digits").model_dump_json(),
+                            spec_fingerprint="f" * 64, n_trials=2, status=db.FAILED, attempt=1, cancel_requested=False,
+                            reason="boom"))
+        s.add(db.AttemptRow(experiment_id="e-client", number=1, submission_id="e-client-1"))
         s.commit()
     api = Api("http://testserver", "test-api-token")
     offline_api.headers.update(AUTH)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.stack import SINGLE_NODE_TRAIN_ENV, free_port
+from console.stack import SINGLE_NODE_TRAIN_ENV, free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def up(tmp_path_factory):
                SIBNN_MAX_CLUSTER_GPUS="4")
     port = free_port()
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--port", str(port), "--num-cpus", "1"],
+        proc = subprocess.Popen([sys.executable, "-m", "console.cli", "up", "--port", str(port), "--num-cpus", "1"],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(REPO), start_new_session=True)
     info = {"proc": proc, "home": home, "out": out, "api": f"http://127.0.0.1:{port}"}
     try:

@@ -98,7 +98,7 @@ def test_the_api_the_cli_and_the_mlflow_report_give_the_same_claims_and_interval
     from rich.console import Console
 
     from jobs.report import log_sweep_report
-    from service import cli
+    from console import cli
 
     monkeypatch.setattr(cli, "console", Console(width=600))  # one line per claim, no cell wraps an interval
 

@@ -26,7 +26,6 @@ BIN = Path(sys.executable).parent
 # The custom resource the head declares for Tune's driver functions (jobs.sweep.DRIVER_RESOURCE; not imported:
 # the stack starts Ray without importing the jobs' torch/ray stack).
 DRIVER_RESOURCE = "TRAIN_DRIVER_RESOURCE"
-PG_BIN = Path(os.environ.get("SIBNN_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 def free_port() -> int:
@@ -251,47 +250,6 @@ def start_mlflow(state_dir: Path, port: int | None = None, host: str = "127.0.0.
     return ml
 
 
-# --- PostgreSQL (tests, CI) ---------------------------------------------------------------------------------------
-
-@dataclass
-class Postgres:
-    data_dir: Path
-    port: int
-    run_as: str | None
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *cmd: str) -> None:
-        full = ["runuser", "-u", self.run_as, "--", *cmd] if self.run_as else list(cmd)
-        subprocess.run(full, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-
-    def stop(self) -> None:
-        try:
-            self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "-m", "immediate", "-w", "stop")
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
-def start_postgres(port: int | None = None) -> Postgres:
-    """A private PostgreSQL cluster in a temp dir (initdb + pg_ctl, trust auth on 127.0.0.1, fsync off): under a
-    second. As root it runs as the ``postgres`` OS user (PostgreSQL refuses to run as root)."""
-    if not (PG_BIN / "initdb").exists():
-        raise FileNotFoundError(f"PostgreSQL server binaries not found in {PG_BIN} (set SIBNN_PG_BIN)")
-    port = port or free_port()
-    d = Path(tempfile.mkdtemp(prefix="sibnn-pg-"))
-    run_as = "postgres" if os.geteuid() == 0 else None
-    if run_as:
-        shutil.chown(d, run_as)
-    pg = Postgres(d, port, run_as)
-    pg._run(str(PG_BIN / "initdb"), "-U", "postgres", "-A", "trust", "--no-sync", "-D", str(d / "data"))
-    pg._run(str(PG_BIN / "pg_ctl"), "-D", str(d / "data"), "-l", str(d / "log"), "-w", "-o",
-            f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off", "start")
-    return pg
-
-
 # --- API ----------------------------------------------------------------------------------------------------------
 
 def api_env(*, home: Path, ray: RayHead | None = None, ray_address: str | None = None, ray_token: str | None = None,
@@ -336,8 +294,7 @@ class StackInfo:
 
     def write(self, home: Path) -> Path:
         p = Path(home) / STATE_FILE
-        p.write_text(json.dumps(asdict(self), indent=2))
-        p.chmod(0o600)
+        write_private(p, json.dumps(asdict(self), indent=2))  # it holds the API token
         return p
 
     @classmethod
@@ -377,7 +334,7 @@ class Stack:
         self._restart = {name: {"failures": 0, "due": None, "since": 0.0} for name in ("mlflow", "api")}
 
     def start(self) -> StackInfo:
-        self.home.mkdir(parents=True, exist_ok=True)
+        make_home(self.home)
         token_file = self.home / "ray_auth_token"
         api_token_file = self.home / "api_token"
         ray_token = _read_or_make_secret(token_file)
@@ -478,10 +435,41 @@ class Stack:
         self.stop()
 
 
+def make_home(home: Path) -> None:
+    """The state folder (tokens, database, logs), created 0700: ``os.mkdir`` with the mode, so it is never open to
+    others, whatever the umask (a umask only removes bits). A folder that already exists is left as it is."""
+    home = Path(home)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(home, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(home, 0o700)  # a umask that removed our own bits too (0o7xx): restore them; never wider than 0700
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` as the file ``path``, readable by this user only from its first byte: written to a new file created
+    0600 (``os.open`` with the mode and ``O_EXCL``, under a temporary name beside it) and moved into place, so
+    neither another user nor a half-written file is ever seen, whatever the umask."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _read_or_make_secret(path: Path) -> str:
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
+    """The token in ``path``; a missing or empty file is replaced by a new private one (``write_private``)."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
     token = secrets.token_hex(32)
-    path.write_text(token)
-    path.chmod(0o600)
+    write_private(path, token)
     return token

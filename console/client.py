@@ -2,7 +2,11 @@
 
 Every answer is parsed with the models the routes declare (``service.schemas``): an answer that does not match
 them is an ``ApiError`` naming the path and the field, not a ``KeyError`` later. The methods return the parsed
-answer as plain JSON data (``model_dump``), the same keys the API sent.
+answer as plain JSON data (``model_dump``), the keys the API sent that this client knows.
+
+A newer server may add fields: the client reads its answers (``extra="allow"`` at validation, where the server's
+models forbid extras). A field the client's models do not name is dropped from fixed-shape objects, and kept in the
+open ones (result and trial rows, whose columns come from MLflow), as the server's models serialise them.
 
 Where the API is: ``SIBNN_API_URL`` and ``SIBNN_API_TOKEN``, else the ``stack.json`` that ``sibnn up`` writes in
 ``SIBNN_HOME`` (~/.sibnn), else http://127.0.0.1:8000.
@@ -15,8 +19,12 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from console.stack import StackInfo
 from service import schemas
-from service.stack import StackInfo
+
+
+# The answers' unknown fields: accepted (an older client against a newer server), not an "Unexpected answer".
+ANSWER_EXTRA = "allow"
 
 
 class ApiError(RuntimeError):
@@ -52,7 +60,8 @@ class Api:
             if not isinstance(problem, dict):
                 problem = {"detail": str(problem)}
             try:  # RFC 9457 problem details as the API documents them; anything else is kept as it came
-                problem = schemas.Problem.model_validate(problem).model_dump(mode="json", exclude_unset=True)
+                problem = schemas.Problem.model_validate(problem, extra=ANSWER_EXTRA).model_dump(
+                    mode="json", exclude_unset=True)
             except ValidationError:
                 pass
             raise ApiError(r.status_code, problem)
@@ -60,7 +69,7 @@ class Api:
 
     def _parse(self, model: type[BaseModel], r: httpx.Response) -> dict:
         try:
-            parsed = model.model_validate_json(r.content)
+            parsed = model.model_validate_json(r.content, extra=ANSWER_EXTRA)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"

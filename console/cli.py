@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +24,8 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from service.client import Api, ApiError, home
+from console.client import Api, ApiError, home
+from service.schemas import ui_link
 
 app = typer.Typer(help="Reproduce the Si-BNN paper's tables on Ray; runs recorded in MLflow.",
                   no_args_is_help=True, add_completion=False)
@@ -52,7 +54,7 @@ TokenOpt = typer.Option(None, "--token", envvar="SIBNN_API_TOKEN", help="API bea
 
 def _start_stack(state: Path, port: int, mlflow_port: Optional[int], host: str, num_cpus: Optional[int],
                  settings: Optional[dict] = None):
-    from service.stack import Stack
+    from console.stack import Stack
 
     stack = Stack(state, api_port=port, mlflow_port=mlflow_port, host=host, num_cpus=num_cpus,
                   say=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False), settings=settings)
@@ -165,10 +167,18 @@ def submit(spec_file: Optional[Path] = typer.Argument(None, help="spec JSON file
     with _exit_on_api_error():
         exp = api.submit(_load_spec(spec_file, preset, epochs), idempotency_key=str(uuid.uuid4()))
     console.print(f"experiment [bold]{exp['id']}[/bold] submitted ({exp['n_trials']} trials): {exp['status']}")
+    if exp.get("gpu_hours"):
+        console.print(gpu_hours_line(exp["gpu_hours"]), highlight=False)
     if wait:
         final = watch(api, exp["id"])
         _print_results(api, exp["id"])
         raise typer.Exit(0 if final == "SUCCEEDED" else 1)
+
+
+def gpu_hours_line(est: dict) -> str:
+    """The API's GPU-hours estimate as one line: per trial (the costliest), in total, and what it assumes."""
+    return (f"estimated GPU time: up to {est['per_trial_max']:.3g} GPU-hours per trial, {est['total']:.3g} in all "
+            f"({est['assumes']})")
 
 
 TRIAL_DONE = ("FINISHED", "FAILED", "KILLED")
@@ -257,7 +267,9 @@ def _fmt(v, f=".2f"):
 
 def _print_results(api: Api, exp_id: str) -> None:
     res = api.results(exp_id)
-    t = Table(title=f"results of {exp_id} ({res['status']})")
+    crops = sorted({r["evaluation"] for r in res["rows"] if r.get("evaluation")})
+    t = Table(title=f"results of {exp_id} ({res['status']})",
+              caption=("top-1/top-5 on " + "; ".join(crops)) if crops else None)
     for col in ("trial", "binarizer", "ρ", "seed", "state", "epochs", "top-1", "best top-1", "top-5", "sparsity",
                 "img/s", "wall s", "packed KB", "CPU ms"):
         t.add_column(col, justify="left" if col in ("trial", "binarizer", "state") else "right")
@@ -360,7 +372,7 @@ def cancel(exp_id: str, url: Optional[str] = UrlOpt, token: Optional[str] = Toke
 def _print_table(data: dict) -> None:
     rows = data["rows"]
     t = Table(title=data["table"], caption=data.get("note"))
-    cols = ["dataset", "arch", "binarizer", "ρ", "seeds", "top-1 (mean ± sd)", "top-5", "sparsity"]
+    cols = ["dataset", "arch", "binarizer", "ρ", "seeds", "top-1 (mean ± sd)", "top-5", "sparsity", "evaluated on"]
     if data["table"] == "paper-comparison":
         cols.append("paper top-1")
     for c in cols:
@@ -373,7 +385,7 @@ def _print_table(data: dict) -> None:
     for r in rows:
         cells = [r["dataset"] or "", r["arch"] or "", r["binarizer"] or "", _fmt(r["rho"], "g"), str(r["n"]),
                  pm(r["final_top1"]), pm(r["final_top5"]),
-                 "–" if r["sparsity"]["mean"] is None else f"{r['sparsity']['mean']:.3f}"]
+                 "–" if r["sparsity"]["mean"] is None else f"{r['sparsity']['mean']:.3f}", r.get("evaluation") or "–"]
         if data["table"] == "paper-comparison":
             cells.append(_fmt(r.get("paper_top1"), ".1f"))
         t.add_row(*cells)
@@ -454,8 +466,6 @@ def demo(port: int = typer.Option(8000, help="API port"),
         _print_table(api.table("paper-comparison", [exp["id"]]))
         if len(spec["grid"]["rho"]) > 1:
             _print_table(api.table("rho-ablation", [exp["id"]]))
-        from service.results import ui_link
-
         console.print(f"MLflow UI: [bold]{exp.get('mlflow_url') or ui_link(info.mlflow_url)}[/bold]  (this "
                       f"experiment's runs and their val_top1 charts; all experiments: {ui_link(info.mlflow_url)})")
         code = 0 if final == "SUCCEEDED" else 1
@@ -475,12 +485,10 @@ def demo(port: int = typer.Option(8000, help="API port"),
 @app.command()
 def migrate(database_url: Optional[str] = typer.Option(None, envvar="SIBNN_DATABASE_URL")):
     """Bring the database to the latest schema (Alembic); the API also does this at start-up."""
-    from service.db import migrate as run
-    from service.settings import Settings
-
-    url = database_url or Settings().db_url
-    run(url)
-    console.print(f"database at {url.split('@')[-1]} is up to date")
+    # The service's own entry point does it: the console imports no database code (an import-linter contract).
+    env = {**os.environ, **({"SIBNN_DATABASE_URL": database_url} if database_url else {})}
+    code = subprocess.run([sys.executable, "-m", "service", "migrate"], env=env).returncode
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":
