@@ -5,9 +5,10 @@
 
 Rows:
 - ``GET /experiments/{id}``: the database row plus the per-trial state from MLflow (two MLflow calls).
-- ``POST /experiments``: the whole create path — validate, store, MLflow experiment + parent run, Ray
-  ``submit_job`` — with a fresh Idempotency-Key each time. Every experiment is cancelled as soon as it is created
-  (each would otherwise start a Ray job driver), so fewer of these are sent.
+- ``POST /experiments``: the create path — validate, store PENDING (since issue 23 the reconciler then makes the
+  MLflow parent run and submits the Ray job, off the request path) — with a fresh Idempotency-Key each time. Every
+  experiment is cancelled as soon as it is created (each would otherwise start a Ray job driver), so fewer of these
+  are sent.
 - ``POST /experiments (replay)``: the same key and body again: the idempotent answer, no MLflow or Ray call.
 
 Prints a markdown table (p50/p99/mean in ms, requests/s) for docs/benchmarks.md. A benchmark, not a test: it
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     if args.api_url:
         url, token = args.api_url.rstrip("/"), args.token
     else:
-        from service.stack import Stack, free_port
+        from console.stack import Stack, free_port
 
         home = Path(tempfile.mkdtemp(prefix="sibnn-bench-"))
         stack = Stack(home, api_port=free_port(), say=lambda m: print(m, file=sys.stderr))

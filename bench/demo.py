@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from service.stack import free_port
+from console.stack import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 SERVERS = ("dashboard", "log_monitor", "monitor.py", "mlflow", "service.app", "jobs.run", "sibnn demo", "ray start")

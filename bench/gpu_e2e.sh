@@ -27,14 +27,15 @@ if [ $DRY = 1 ]; then
   CLASSES=4 PER_CLASS=16 VAL=4 EPOCHS=3 BATCH=8 SIZE=64 CPUS=1 HEAD_CPUS=5 T_RUN=400
   STEP_ARGS="--device cpu --size 32 --batch 4 --steps 1 --rounds 1 --warmup 1"
   DATA_ARGS="--device cpu --seconds 2 --threads 2"; EPOCH_ARGS="--device cpu --images 64 --epochs 3 --threads 2"
-  PACK_EPOCHS=2 GPUS=0 PACK_GPUS=0 RES=CPU
+  # T_PACK: the 4 CPU trials take ~125 s each at once on 2 cores; 180 s was 8 s short on a loaded machine
+  PACK_EPOCHS=2 GPUS=0 PACK_GPUS=0 RES=CPU T_PACK=300
   # Ray Train puts GPU workers on NCCL, which CPU torch lacks: dry mode trains on CPU workers and checks the
   # packing on CPUs (4 trials x 1 CPU + their drivers on a head of 5 CPUs)
 else
   CLASSES=100 PER_CLASS=656 VAL=10 EPOCHS=3 BATCH=256 SIZE=224 CPUS=12 HEAD_CPUS=16 T_RUN=330
   STEP_ARGS="--device cuda --size 224 --batch 256 --amp --channels-last --compile --steps 5 --rounds 2"
   DATA_ARGS="--device gpu --seconds 15"; EPOCH_ARGS="--device gpu --images 8192 --epochs 4"
-  PACK_EPOCHS=2 GPUS=1 PACK_GPUS=0.25 RES=GPU
+  PACK_EPOCHS=2 GPUS=1 PACK_GPUS=0.25 RES=GPU T_PACK=180
   log "install the carried wheels"
   ls /tmp/chunks/whl.tar.part* > /dev/null || { echo "no chunks in /tmp/chunks: run the stash calls first"; exit 3; }
   mkdir -p /tmp/whl && cat /tmp/chunks/whl.tar.part* | tar -x -C /tmp/whl || exit 3
@@ -95,7 +96,7 @@ $PY bench/e2e.py spec --data "$WORK/data" --epochs $PACK_EPOCHS --batch 8 --imag
   --seeds 4 > "$OUT/spec_pack.json"
 $PY bench/e2e.py watch-gpus --address "$RAY_ADDRESS" --out "$OUT/packing.txt" --seconds 170 --resource $RES &
 WATCH=$!
-step packing timeout 180 $PY -m jobs.run --spec "$OUT/spec_pack.json" --experiment-id pack \
+step packing timeout $T_PACK $PY -m jobs.run --spec "$OUT/spec_pack.json" --experiment-id pack \
   --storage-path "$WORK/storage" --mlflow-uri "$URI" > "$OUT/jobs_pack.txt" 2>&1
 kill $WATCH 2>/dev/null; wait $WATCH 2>/dev/null
 tail -6 "$OUT/jobs_pack.txt"; cat "$OUT/packing.txt" 2>/dev/null || echo "packing: no GPU use seen" | tee -a "$OUT/steps.txt"

@@ -1,28 +1,33 @@
 # syntax=docker/dockerfile:1.7
-# API image: the FastAPI control plane (service/), with the same Python, Ray, MLflow and torch versions as the Ray
-# image (requirements.lock's pins). CPU torch (the API only builds models for GET /models summaries); no DALI.
+# API image: the FastAPI control plane (service/), with the same Python, Ray and MLflow versions as the Ray image
+# (requirements.lock's pins) and only what the API imports: no torch, scikit-learn, matplotlib, mlxtend or DALI (the
+# API never imports torch, an import-linter contract in pyproject.toml; GET /models reads sibnn/catalog.json).
 #
 #   docker build -f docker/api.Dockerfile -t sibnn/api:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml requirements.lock README.md ./
 COPY docker/requirements.py /tmp/requirements.py
-# CPU torch at the lock's version, then every other package exactly as requirements.lock pins it (`make lock`),
-# less the test tools and DALI (with the CUDA codecs only DALI needs).
-RUN pip install --index-url "$TORCH_INDEX_URL" "$(python /tmp/requirements.py requirements.lock --only torch)" \
- && python /tmp/requirements.py requirements.lock --drop-extra test --drop nvidia-dali-cuda130 \
+# The packages the API process imports (service/, jobs.spec/presets/tracking/results, sibnn.catalog) and what they
+# need, exactly as requirements.lock pins them (`make lock`): mlflow-skinny, MLflow's client at the lock's version,
+# instead of mlflow, whose server side brings scikit-learn and matplotlib; Ray for its job submission client; SciPy
+# for the tables' t intervals; psycopg for PostgreSQL; typer and rich for `sibnn migrate` (compose's migrate service,
+# the Kubernetes init container). tests/deploy/test_images.py runs both commands with nothing else importable.
+RUN python /tmp/requirements.py requirements.lock --drop-extra test \
+      --for fastapi uvicorn starlette pydantic pydantic-settings sqlalchemy alembic psycopg httpx anyio requests \
+            cachetools scipy mlflow-skinny ray typer rich \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY sibnn ./sibnn
 COPY jobs ./jobs
 COPY service ./service
+COPY console ./console
 RUN pip install --no-deps -e . \
- && python -c "import ray, mlflow, service.app; print('ray', ray.__version__, 'mlflow', mlflow.__version__)"
+ && python -c "import ray, mlflow, service.app, console.cli; print(ray.__version__, mlflow.__version__)"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG UID=1000

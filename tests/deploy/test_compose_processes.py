@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import stack
+from console import stack
 from tests.deploy.deployment import DOCKER, REPO, command, environment, load_compose, make_secrets
+from tests.postgres import PG_BIN, start_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -86,23 +87,23 @@ def _spawn(name: str, argv: list[str], env: dict, logs: Path) -> stack.Server:
 
 @pytest.fixture(scope="module")
 def compose_stack(tmp_path_factory):
-    if not (stack.PG_BIN / "initdb").exists():
+    if not (PG_BIN / "initdb").exists():
         if os.environ.get("CI"):  # `make test` installs postgresql-15: in CI a missing server is a failure
-            pytest.fail(f"PostgreSQL server binaries not found in {stack.PG_BIN}")
-        pytest.skip(f"PostgreSQL server binaries not found in {stack.PG_BIN} (install Debian's postgresql-15)")
+            pytest.fail(f"PostgreSQL server binaries not found in {PG_BIN}")
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (install Debian's postgresql-15)")
     services = load_compose()["services"]
     root = tmp_path_factory.mktemp("compose")
     logs = root / "logs"
     logs.mkdir()
     procs: list[stack.Server] = []
-    pg = stack.start_postgres()
+    pg = start_postgres()
     tr = None
     try:
         ports = {"postgres": pg.port, "mlflow": stack.free_port(), "ray-head": stack.free_port()}
         tr = Translation(root, ports)
         # postgres: the compose init script, with the compose environment, against the private cluster
         init_env = {**tr.env(environment(services["postgres"])), "PGHOST": "127.0.0.1", "PGPORT": str(pg.port),
-                    "PATH": f"{stack.PG_BIN}:{os.environ['PATH']}"}
+                    "PATH": f"{PG_BIN}:{os.environ['PATH']}"}
         r = subprocess.run(["sh", str(DOCKER / "postgres" / "init-databases.sh")], env=init_env, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -110,7 +111,7 @@ def compose_stack(tmp_path_factory):
         hba = pg.data_dir / "data" / "pg_hba.conf"
         hba.write_text("host sibnn sibnn 127.0.0.1/32 scram-sha-256\nhost mlflow mlflow 127.0.0.1/32 scram-sha-256\n"
                        + hba.read_text())
-        pg._run(str(stack.PG_BIN / "pg_ctl"), "-D", str(pg.data_dir / "data"), "reload")
+        pg._run(str(PG_BIN / "pg_ctl"), "-D", str(pg.data_dir / "data"), "reload")
 
         head_ports = {"--port": stack.free_port(), "--dashboard-port": ports["ray-head"],
                       "--ray-client-server-port": stack.free_port(), "--dashboard-agent-listen-port": stack.free_port()}

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 
+import docker_requirements  # noqa: E402  (conftest: docker/requirements.py)
+import httpx
 import pytest
 
+from jobs.presets import preset
 from tests.deploy.deployment import DOCKER, INFRA, REPO, build_args, command, dockerfile, load_compose, pinned, pyproject
 
 IMAGES = ("ray", "api", "mlflow")
@@ -55,7 +61,141 @@ def test_the_ray_image_defaults_to_cuda13_builds_of_torch_and_dali():
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cu130"
     assert args["DALI_CUDA"] == "cuda130" and "nvidia-dali-cuda130" in [
         d.split("==")[0] for d in pyproject()["project"]["dependencies"]]
-    assert build_args("api")["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert "TORCH_INDEX_URL" not in build_args("api")  # the API image installs no torch at all
+
+
+# --- the API image installs what the API imports, and nothing of the training stack --------------------------------
+
+TRAINING_ONLY = {"torch", "torchvision", "scikit-learn", "matplotlib", "mlxtend", "mlflow", "nvidia-dali-cuda130",
+                 "skops"}  # mlflow: the server side (it needs scikit-learn and matplotlib); the API has mlflow-skinny
+TRAINING_MODULES = ("torch", "torchvision", "sklearn", "matplotlib", "mlxtend", "nvidia")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def api_image_packages() -> dict[str, str]:
+    """What docker/api.Dockerfile installs: every requirements.py command of its RUN steps, run on the real lock
+    (canonical name -> pin), after checking that pip installs nothing else."""
+    run = " && ".join(a for i, a in dockerfile("api") if i == "RUN")
+    steps = [step.strip() for step in run.split("&&")]
+    pips = [step for step in steps if step.startswith("pip install")]
+    assert pips == ["pip install -r /tmp/requirements.txt", "pip install --no-deps -e ."], pips
+    made = [step for step in steps if "/tmp/requirements.py" in step]
+    assert len(made) == 1 and made[0].endswith("> /tmp/requirements.txt"), made
+    argv = shlex.split(made[0].removesuffix("> /tmp/requirements.txt"))
+    assert argv[:2] == ["python", "/tmp/requirements.py"], argv
+    out = subprocess.run([sys.executable, str(DOCKER / "requirements.py"), *argv[2:]], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    pins = [line for line in out.splitlines() if line]
+    return {_canonical(p.split("==")[0]): p.split("==")[1] for p in pins}
+
+
+def test_the_api_image_installs_none_of_the_training_stack():
+    packages = api_image_packages()
+    assert not TRAINING_ONLY & set(packages), sorted(TRAINING_ONLY & set(packages))
+    lock = {_canonical(n): v for n, (line, _) in docker_requirements.parse_lock(str(REPO / "requirements.lock")).items()
+            for v in [line.split("==")[1]]}
+    for name in ("fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "ray", "scipy", "typer"):
+        assert packages[name] == lock[name], name  # at the lock's version: what the tests ran with
+    assert packages["mlflow-skinny"] == lock["mlflow"]  # MLflow's client, the same release as the server
+
+
+# A sitecustomize that makes this interpreter (and every child, through PYTHONPATH) see only the API image's
+# packages: a module whose file belongs only to distributions the image does not install cannot be imported.
+# Stdlib and the project's own files belong to none and stay importable. Every refusal is logged.
+IMAGE_ONLY = '''
+import atexit, importlib.abc, importlib.machinery, importlib.metadata, os, re, sys
+
+_allowed = set(os.environ["IMAGE_PACKAGES"].split(","))
+_log = os.environ["IMAGE_LOG"]
+_owners = {}
+for _dist in importlib.metadata.distributions():
+    _name = re.sub(r"[-_.]+", "-", _dist.metadata["Name"]).lower()
+    for _f in _dist.files or ():
+        _owners.setdefault(os.path.normpath(str(_dist.locate_file(_f))), set()).add(_name)
+
+
+def _note(line):
+    with open(_log, "a") as f:
+        f.write(line + "\\n")
+
+
+class ImageOnly(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or not spec.origin or not os.path.isabs(spec.origin):
+            return None
+        owners = _owners.get(os.path.normpath(spec.origin))
+        if owners is None or owners & _allowed:
+            return None
+        _note(f"refused {fullname} ({', '.join(sorted(owners))})")
+        raise ModuleNotFoundError(f"No module named {fullname!r} (not in the API image)", name=fullname)
+
+
+sys.meta_path.insert(0, ImageOnly())
+atexit.register(lambda: _note(f"loaded {sorted(m for m in sys.modules if m.split('.')[0] in {TRAINING_MODULES!r})}"))
+'''
+
+
+@pytest.mark.slow  # three interpreters, one of them serving the API and importing Ray's job client
+def test_the_api_and_sibnn_migrate_run_with_only_the_api_images_packages(tmp_path):
+    from console.stack import free_port
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(IMAGE_ONLY.replace("{TRAINING_MODULES!r}", repr(TRAINING_MODULES)))
+    log = tmp_path / "image.log"
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
+           # and the project itself (`pip install --no-deps -e .`)
+           "IMAGE_PACKAGES": ",".join([*api_image_packages(), _canonical(pyproject()["project"]["name"])]),
+           "IMAGE_LOG": str(log),
+           "SIBNN_HOME": str(tmp_path / "home"), "SIBNN_DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
+           "SIBNN_RAY_ADDRESS": dead, "SIBNN_MLFLOW_TRACKING_URI": dead, "SIBNN_API_TOKEN": "t",
+           "SIBNN_RAY_TIMEOUT_S": "5", "SIBNN_MLFLOW_TIMEOUT_S": "2", "SIBNN_AUTO_MIGRATE": "false"}
+    # compose's migrate service and the Kubernetes init container: `sibnn migrate`
+    r = subprocess.run([sys.executable, "-m", "console.cli", "migrate"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "is up to date" in r.stdout, r.stdout + r.stderr
+    # the image's CMD
+    port = free_port()
+    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port",
+                            str(port), "--no-access-log"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer t"}
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(300):
+                try:
+                    if c.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    assert api.poll() is None, api.stdout.read()
+                time.sleep(0.2)
+            spec = {**preset("digits", grid={"binarizer": ["sibnn"], "rho": [0.3], "seed": [0]}).model_dump(
+                mode="json"), "name": "image"}
+            created = c.post("/experiments", json=spec, headers=auth)
+            assert created.status_code == 202, created.text
+            exp = created.json()["id"]
+            want = {"/experiments": 200, f"/experiments/{exp}": 200, "/models": 200, "/models/digits_cnn": 200,
+                    "/openapi.json": 200, f"/experiments/{exp}/logs": 503, f"/experiments/{exp}/results": 503,
+                    "/tables/paper-comparison": 503, "/readyz": 503}
+            got = {path: c.get(path) for path in want}
+            assert {p: r.status_code for p, r in got.items()} == want, {p: r.text[:300] for p, r in got.items()}
+            # Ray's job client was imported and asked (refused: nothing listens), not missing from the image
+            ray = got[f"/experiments/{exp}/logs"].json()["detail"]
+            assert f"Ray at {dead} is unreachable: Failed to connect" in ray, ray
+            assert got[f"/experiments/{exp}"].json()["trials_error"].startswith("MLflow at")
+    finally:
+        api.send_signal(signal.SIGINT)  # uvicorn re-raises the signal it stopped on: SIGINT still runs atexit
+        out, _ = api.communicate(timeout=30)
+    notes = log.read_text().splitlines()
+    loaded = [n for n in notes if n.startswith("loaded")]
+    assert loaded == ["loaded []"] * 3, (loaded, out[-2000:])  # sibnn, its `python -m service migrate`, the API
+    tried = [n for n in notes if n.startswith("refused") and n.split()[1].split(".")[0] in TRAINING_MODULES]
+    assert not tried, tried
 
 
 @pytest.mark.parametrize("image,service", [("ray", "ray-head"), ("api", "api"), ("mlflow", "mlflow")])
@@ -113,7 +253,7 @@ def test_every_image_starts_through_the_secret_exporting_entrypoint():
 
 
 def test_the_healthcheck_fails_on_an_address_where_nothing_listens():
-    from service.stack import free_port
+    from console.stack import free_port
 
     r = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), f"http://127.0.0.1:{free_port()}/health"],
                        capture_output=True, text=True, timeout=30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from jobs.sweep import DRIVER_RESOURCE, MAX_CPUS_ENV, MAX_GPUS_ENV
-from service import stack
+from console import stack
 from tests.deploy.deployment import command, env_of, environment, flag, load_compose, manifest
 
 
