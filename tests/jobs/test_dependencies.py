@@ -377,7 +377,11 @@ def test_a_killed_stage_two_resumes_from_its_own_checkpoint_not_from_stage_ones(
     assert sorted(m.step for m in top1) == list(range(1, epochs + 1)), "every stage-2 epoch logged once"
     trial_dir = tmp_path / wave_name("killdeps", 1) / s2_id
     reported = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
-    assert reported.count(1) == 1 and sorted(set(reported)) == list(range(1, epochs + 1)), reported
+    assert reported.count(1) == 1 and reported[-1] == epochs and set(reported) <= set(range(1, epochs + 1)), reported
+    # Tune's result.json holds what its driver received: the result of the epoch in flight when the process died can
+    # be lost there (CI saw [1, 2, 4, ...]) while its checkpoint was kept; MLflow's history above has every epoch
+    missing = set(range(1, epochs + 1)) - set(reported)
+    assert len(missing) <= 1 and all(m >= killed["epochs_logged"] for m in missing), reported
     # where the retried process started reporting again (none: it went on right after its last checkpoint)
     restart = next((i for i in range(1, len(reported)) if reported[i] != reported[i - 1] + 1), None)
     if restart is not None:
